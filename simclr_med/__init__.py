@@ -1,0 +1,1 @@
+"""simclr-med: SimCLR / MICLe self-supervised pretraining for medical image classification."""

@@ -1,0 +1,96 @@
+"""Checkpoints: resume a run exactly, and initialise an encoder from another run.
+
+A run's state is `tf.train.Checkpoint(model=..., optimizer=...)`, saved by a
+`tf.train.CheckpointManager` as `model_dir/ckpt-<step>`. TensorFlow writes the data and index
+files before it atomically rewrites the `checkpoint` state file, so a run killed mid-write
+still points at its last complete checkpoint; the orphaned pieces are removed on resume.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import shutil
+
+import keras
+import tensorflow as tf
+
+from simclr_med.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+
+def make_manager(model: keras.Model, model_dir: str, max_to_keep: int) -> tf.train.CheckpointManager:
+    ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    return tf.train.CheckpointManager(ckpt, model_dir, max_to_keep=max_to_keep, checkpoint_name="ckpt")
+
+
+def _remove_orphans(manager: tf.train.CheckpointManager) -> None:
+    """Deletes files of checkpoints that a killed save left behind and the state file never listed."""
+    listed = set(manager.checkpoints)
+    for path in glob.glob(os.path.join(manager.directory, "ckpt-*")):
+        prefix = path.split(".index")[0].split(".data-")[0]
+        if prefix.endswith("_temp") or "_temp" in os.path.basename(path):
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+        elif prefix not in listed:
+            log.warning("removing incomplete checkpoint file %s", path)
+            os.remove(path)
+
+
+def restore_latest(manager: tf.train.CheckpointManager) -> int:
+    """Restores the newest loadable checkpoint; returns its step (0 when starting fresh)."""
+    _remove_orphans(manager)
+    for path in reversed(manager.checkpoints):
+        try:
+            manager.checkpoint.restore(path).assert_existing_objects_matched()
+        except (tf.errors.OpError, ValueError, AssertionError) as e:
+            raise CheckpointError(
+                f"{path}: cannot resume from this checkpoint ({_first_line(e)}); it was written by a "
+                "different model (depth/width/head/dataset) — use a new --model_dir") from None
+        step = int(manager.checkpoint.optimizer.iterations)
+        log.info("resumed from %s (step %d)", path, step)
+        return step
+    return 0
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A run directory → its latest checkpoint; a checkpoint prefix or weights file → itself."""
+    if os.path.isdir(path):
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise CheckpointError(f"--checkpoint={path}: directory holds no checkpoint")
+        return latest
+    if path.endswith((".weights.h5", ".keras", ".h5")) or os.path.exists(path + ".index"):
+        if not (os.path.exists(path) or os.path.exists(path + ".index")):
+            raise CheckpointError(f"--checkpoint={path}: no such file")
+        return path
+    raise CheckpointError(f"--checkpoint={path}: not a run directory, checkpoint prefix or Keras weights file")
+
+
+def load_encoder(encoder: keras.Model, path: str) -> str:
+    """Initialises `encoder` from a run's checkpoint or a Keras file; returns the resolved path.
+
+    Every encoder variable must be found with the right shape, so a checkpoint of another
+    architecture fails here with a clear message instead of training from a half-loaded model.
+    """
+    path = resolve_checkpoint(path)
+    try:
+        if path.endswith(".keras"):
+            source = keras.saving.load_model(path, compile=False)
+            source = getattr(source, "encoder", source)
+            encoder.set_weights(source.get_weights())
+        elif path.endswith(".h5"):
+            encoder.load_weights(path)
+        else:
+            tf.train.Checkpoint(model=tf.train.Checkpoint(encoder=encoder)).restore(
+                path).expect_partial().assert_existing_objects_matched()
+    except (tf.errors.OpError, ValueError, AssertionError) as e:
+        raise CheckpointError(
+            f"--checkpoint={path}: does not fit this encoder (--resnet_depth/--width_multiplier "
+            f"must match the run that wrote it): {_first_line(e)}") from None
+    log.info("initialised encoder from %s", path)
+    return path

@@ -1,0 +1,195 @@
+"""A run from a Config: pretrain / fine-tune / linear-eval, evaluate, export."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import keras
+import tensorflow as tf
+
+from simclr_med import build, checkpoints, datasets, evaluate, export, pipelines, training
+from simclr_med.config import Config
+from simclr_med.errors import CheckpointError, DataError
+from simclr_med.strategy import make_strategy
+
+log = logging.getLogger(__name__)
+CLASSES_FILE = "classes.json"
+
+
+def _load(cfg: Config, name: str, split: str, label_fraction: float = 1.0):
+    return datasets.load(name, split, data_dir=cfg.data_dir, manual_dir=cfg.manual_dir or None,
+                         uncertainty_policy=cfg.uncertainty_policy, label_fraction=label_fraction,
+                         seed=cfg.seed)
+
+
+def _distribute(strategy, dataset_fn):
+    """One input pipeline per replica group when distributed; a plain dataset otherwise."""
+    if strategy.num_replicas_in_sync > 1:
+        return strategy.distribute_datasets_from_function(dataset_fn)
+    return dataset_fn(None)
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _init_encoder_if_fresh(cfg: Config, model) -> None:
+    """--checkpoint seeds a *new* run only; a run that resumes keeps its own weights."""
+    if cfg.checkpoint and tf.train.latest_checkpoint(cfg.model_dir) is None:
+        checkpoints.load_encoder(model.encoder, cfg.checkpoint)
+
+
+def _pretrain(cfg: Config, strategy) -> dict:
+    ds, meta = _load(cfg, cfg.dataset, cfg.train_split)
+    if cfg.method == "micle" and not meta.has_bags:
+        raise DataError(f"--method=micle needs cases with several images, but every example of "
+                        f"{cfg.dataset}/{cfg.train_split} has one image; use --method=simclr")
+    num_examples = meta.num_examples if cfg.method == "micle" else meta.num_images
+    dataset = _distribute(strategy, lambda ctx: pipelines.pretrain_dataset(
+        ds, method=cfg.method, batch_size=cfg.train_batch_size, image_size=cfg.image_size,
+        augmentation=cfg.augmentation, color_jitter_strength=cfg.color_jitter_strength,
+        seed=cfg.seed, input_context=ctx))
+    with strategy.scope():
+        model = build.contrastive_model(cfg, num_train_examples=num_examples,
+                                        num_replicas=strategy.num_replicas_in_sync)
+    _init_encoder_if_fresh(cfg, model)
+    return training.train(model, dataset, model_dir=cfg.model_dir,
+                          total_steps=cfg.total_steps(num_examples), **_loop_args(cfg)), model
+
+
+def _loop_args(cfg: Config) -> dict:
+    return dict(checkpoint_steps=cfg.checkpoint_steps, keep_checkpoint_max=cfg.keep_checkpoint_max,
+                log_steps=cfg.log_steps, skip_nonfinite_steps=cfg.skip_nonfinite_steps,
+                verbose=cfg.verbose)
+
+
+def _classes(cfg: Config, meta=None) -> dict:
+    """The label space a classifier was trained on, recorded in model_dir for eval/export."""
+    path = os.path.join(cfg.model_dir, CLASSES_FILE)
+    if meta is not None:
+        record = {"class_names": list(meta.class_names), "multi_label": bool(meta.multi_label),
+                  "eval_tasks": list(meta.eval_tasks), "dataset": cfg.dataset}
+        _write_json(path, record)
+        return record
+    if not os.path.exists(path):
+        raise CheckpointError(f"{cfg.model_dir} holds no trained classifier ({CLASSES_FILE} missing)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _classifier(cfg: Config, strategy, classes: dict, num_examples: int):
+    with strategy.scope():
+        return build.classifier(cfg, num_classes=len(classes["class_names"]),
+                                multi_label=classes["multi_label"], num_train_examples=num_examples,
+                                num_replicas=strategy.num_replicas_in_sync)
+
+
+def _finetune(cfg: Config, strategy):
+    ds, meta = _load(cfg, cfg.dataset, cfg.train_split, cfg.label_fraction)
+    classes = _classes(cfg, meta)
+    dataset = _distribute(strategy, lambda ctx: pipelines.supervised_dataset(
+        ds, meta, batch_size=cfg.train_batch_size, image_size=cfg.image_size,
+        augmentation=cfg.augmentation, training=True, seed=cfg.seed, input_context=ctx))
+    model = _classifier(cfg, strategy, classes, meta.num_examples)
+    _init_encoder_if_fresh(cfg, model)
+    return training.train(model, dataset, model_dir=cfg.model_dir,
+                          total_steps=cfg.total_steps(meta.num_examples), **_loop_args(cfg)), model
+
+
+def _restore_for_eval(cfg: Config, model) -> tuple[str, int]:
+    path = checkpoints.resolve_checkpoint(cfg.checkpoint) if cfg.mode == "eval" and cfg.checkpoint \
+        else tf.train.latest_checkpoint(cfg.model_dir)
+    if path is None:
+        raise CheckpointError(f"{cfg.model_dir}: no checkpoint to evaluate (train first)")
+    try:
+        tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
+    except (tf.errors.OpError, ValueError, AssertionError) as e:
+        raise CheckpointError(f"{path}: does not match this model ({str(e).splitlines()[0][:200]})") from None
+    return path, int(path.rsplit("-", 1)[-1])
+
+
+def _evaluate_classifier(cfg: Config, strategy, model=None) -> dict:
+    classes = _classes(cfg)
+    if model is None:
+        model = _classifier(cfg, strategy, classes, num_examples=1)
+    path, step = _restore_for_eval(cfg, model)
+    name = cfg.eval_dataset or cfg.dataset
+    ds, meta = _load(cfg, name, cfg.eval_split)
+    dataset = pipelines.supervised_dataset(ds, meta, batch_size=cfg.eval_batch_size,
+                                           image_size=cfg.image_size, augmentation="none",
+                                           training=False, with_ids=True)
+    raw = evaluate.predict(model, dataset)
+    pred = evaluate.score(raw, model_classes=classes["class_names"],
+                          model_multi_label=classes["multi_label"], data_classes=meta.class_names,
+                          eval_tasks=classes["eval_tasks"])
+    out_dir = cfg.model_dir if not cfg.eval_dataset else os.path.join(cfg.model_dir, f"eval_{name.replace('/', '_')}")
+    result = evaluate.write_results(pred, out_dir, step=step, extra={
+        "checkpoint": path, "dataset": name, "split": cfg.eval_split, "train_mode": cfg.train_mode,
+        "label_fraction": cfg.label_fraction, "seed": cfg.seed, "init_checkpoint": cfg.checkpoint})
+    log.info("evaluation of %s on %s/%s: %s", path, name, cfg.eval_split,
+             {k: v for k, v in result.items() if isinstance(v, float)})
+    return result
+
+
+def _evaluate_pretrain(cfg: Config, strategy, model=None) -> dict:
+    """Contrastive loss/accuracy on the eval split: a quick health check of a pretraining run."""
+    ds, meta = _load(cfg, cfg.dataset, cfg.eval_split)
+    if model is None:
+        with strategy.scope():
+            model = build.contrastive_model(cfg, num_train_examples=meta.num_examples)
+    path, step = _restore_for_eval(cfg, model)
+    batch = min(cfg.eval_batch_size, max(2, meta.num_images))
+    steps = max(1, min(20, meta.num_images // batch))
+    data = pipelines.pretrain_dataset(ds, method=cfg.method, batch_size=batch, image_size=cfg.image_size,
+                                      augmentation=cfg.augmentation, seed=cfg.seed + 1,
+                                      color_jitter_strength=cfg.color_jitter_strength)
+    logs = model.evaluate(data, steps=steps, return_dict=True, verbose=0)
+    result = {**{k: float(v) for k, v in logs.items()}, "global_step": step, "checkpoint": path,
+              "split": cfg.eval_split, "num_batches": steps, "batch_size": batch}
+    _write_json(os.path.join(cfg.model_dir, "result.json"), result)
+    _write_json(os.path.join(cfg.model_dir, f"result_{step}.json"), result)
+    return result
+
+
+def _export(cfg: Config, strategy, model=None) -> str:
+    if model is None:
+        if cfg.train_mode == "pretrain":
+            with strategy.scope():
+                model = build.contrastive_model(cfg, num_train_examples=1)
+        else:
+            model = _classifier(cfg, strategy, _classes(cfg), num_examples=1)
+        step = _restore_for_eval(cfg, model)[1]
+    else:
+        step = int(model.optimizer.iterations)
+    path = export.export_saved_model(model, os.path.join(cfg.model_dir, "saved_model"),
+                                     step=step, image_size=cfg.image_size)
+    log.info("exported SavedModel to %s", path)
+    return path
+
+
+def run(cfg: Config) -> dict:
+    """Runs `cfg.mode`; returns a summary (training figures, result, export path)."""
+    cfg.validate()
+    if cfg.data_dir == "":
+        cfg.data_dir = os.path.join(cfg.model_dir, "data")
+    os.makedirs(cfg.model_dir, exist_ok=True)
+    _write_json(os.path.join(cfg.model_dir, f"flags_{cfg.mode}.json"), json.loads(cfg.to_json()))
+    keras.utils.set_random_seed(cfg.seed)
+    build.set_precision(cfg.precision)
+    strategy = make_strategy(cfg.strategy, tpu=cfg.tpu, num_logical_devices=cfg.num_logical_devices)
+    pretrain = cfg.train_mode == "pretrain"
+    summary, model = {}, None
+
+    if cfg.mode in ("train", "train_then_eval"):
+        summary["train"], model = (_pretrain if pretrain else _finetune)(cfg, strategy)
+        if summary["train"]["preempted"]:
+            return summary
+    if cfg.mode in ("eval", "train_then_eval"):
+        summary["result"] = (_evaluate_pretrain if pretrain else _evaluate_classifier)(cfg, strategy, model)
+    if cfg.mode == "export" or (cfg.mode in ("train", "train_then_eval") and not pretrain):
+        summary["export"] = _export(cfg, strategy, model)
+    return summary

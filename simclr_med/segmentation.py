@@ -1,0 +1,144 @@
+"""Segmentation transfer: the `seg_masks` data through a U-Net with a (pretrained) ResNet encoder.
+
+`load_segmentation` is the input pipeline; `train_segmentation` fine-tunes end to end with
+Dice + cross-entropy and reports test Dice, the figure the transfer benchmarks compare.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from simclr_med.resnet import build_resnet
+from simclr_med.unet import DEFAULT_DECODER_FILTERS, Dice, DiceLoss, UNet, load_encoder_weights
+from tfds_builders.seg_masks import SegMasks
+
+
+def _builder(data_dir: str, manual_dir: str | None) -> SegMasks:
+    """The prepared builder; builds from `manual_dir` on first use, reuses `data_dir` afterwards."""
+    builder = SegMasks(data_dir=data_dir)
+    if not builder.is_prepared():
+        if not manual_dir:
+            raise ValueError(f"seg_masks is not built in {data_dir}; pass manual_dir (images/, masks/)")
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    return builder
+
+
+def num_examples(split: str, data_dir: str, manual_dir: str | None = None) -> int:
+    return _builder(data_dir, manual_dir).info.splits[split].num_examples
+
+
+def _preprocess(example, image_size, num_classes):
+    image = tf.image.resize(tf.cast(example["image"], tf.float32) / 255.0, (image_size, image_size),
+                            method="bilinear", antialias=True)
+    # Nearest neighbour keeps masks as class indices; binary sets treat any non-zero as foreground.
+    mask = tf.image.resize(example["mask"], (image_size, image_size), method="nearest")
+    mask = tf.cast(mask > 0 if num_classes == 1 else mask, tf.float32)
+    return image, mask
+
+
+def _joint_flip(image, mask, seed):
+    """The same random flips for image and mask: stacking them makes one flip op move both."""
+    stacked = tf.concat([image, mask], axis=-1)
+    stacked = tf.image.stateless_random_flip_left_right(stacked, seed)
+    stacked = tf.image.stateless_random_flip_up_down(stacked, seed + [0, 1])
+    return stacked[..., :3], stacked[..., 3:]
+
+
+def load_segmentation(
+    split: str, data_dir: str, manual_dir: str | None = None, image_size: int = 224,
+    batch_size: int = 8, training: bool = False, *, num_classes: int = 1, seed: int = 0,
+) -> tf.data.Dataset:
+    """Batches of (image [B,S,S,3] float32 in [0,1], mask [B,S,S,1] float32).
+
+    Masks are 0/1 for `num_classes=1`, class indices otherwise. Training: infinite, shuffled,
+    jointly flipped, drop_remainder; evaluation: one ordered pass.
+    """
+    ds = _builder(data_dir, manual_dir).as_dataset(split=split, shuffle_files=training)
+    ds = ds.map(lambda ex: _preprocess(ex, image_size, num_classes), num_parallel_calls=tf.data.AUTOTUNE)
+    if training:
+        ds = ds.repeat().shuffle(256, seed=seed)
+        seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        ds = tf.data.Dataset.zip(ds, seeds).map(
+            lambda pair, s: _joint_flip(*pair, s), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=training)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _load_encoder(unet: UNet, source, depth: int, width_multiplier: int) -> None:
+    """Initialise the U-Net's encoder from a keras encoder, a `.weights.h5` file or a checkpoint."""
+    if isinstance(source, keras.Model):
+        load_encoder_weights(unet, source)
+        return
+    path = os.fspath(source)
+    if path.endswith(".weights.h5"):
+        encoder = build_resnet(depth, width_multiplier)
+        try:
+            encoder.load_weights(path)
+        except Exception as e:  # noqa: BLE001 — h5py/keras raise many types
+            raise ValueError(f"{path}: cannot load encoder weights ({e})") from None
+        load_encoder_weights(unet, encoder)
+        return
+    if os.path.isdir(path):
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise ValueError(f"{path}: no checkpoint in this directory")
+        path = latest
+    # The checkpoint contract: every model exposes its ResNet as `encoder`.
+    try:
+        status = tf.train.Checkpoint(model=tf.train.Checkpoint(encoder=unet.encoder)).restore(path)
+        status.expect_partial().assert_existing_objects_matched()
+    except (tf.errors.OpError, AssertionError, ValueError) as e:
+        raise ValueError(f"{path}: no depth-{depth} encoder in this checkpoint "
+                         f"({str(e).splitlines()[0][:200]})") from None
+
+
+def train_segmentation(
+    *, data_dir: str, manual_dir: str | None = None, depth: int = 50, width_multiplier: int = 1,
+    image_size: int = 224, batch_size: int = 8, steps: int = 1000, learning_rate: float = 1e-3,
+    encoder_checkpoint=None, model_dir: str | None = None, num_classes: int = 1,
+    decoder_filters=DEFAULT_DECODER_FILTERS, crossentropy_weight: float = 1.0, seed: int = 0,
+    verbose: int = 0,
+) -> dict:
+    """Train a U-Net for `steps` steps (Adam) and return {"dice", "loss", ...} on the test split.
+
+    `encoder_checkpoint`: None (random init), a keras encoder from `build_resnet`, a
+    `.weights.h5` file, or a checkpoint (prefix or model dir). With `model_dir`, the final
+    weights go to `model_dir/ckpt-<steps>` and the result to `model_dir/result.json`.
+    """
+    if image_size % 32:
+        raise ValueError(f"image_size={image_size} must be divisible by 32 for the U-Net")
+    keras.utils.set_random_seed(seed)
+    train_ds = load_segmentation("train", data_dir, manual_dir, image_size, batch_size, training=True,
+                                 num_classes=num_classes, seed=seed)
+    test_ds = load_segmentation("test", data_dir, None, image_size, batch_size, training=False,
+                                num_classes=num_classes)
+    unet = UNet(depth, width_multiplier, num_classes, decoder_filters=decoder_filters)
+    if encoder_checkpoint is not None:
+        _load_encoder(unet, encoder_checkpoint, depth, width_multiplier)
+    optimizer = keras.optimizers.Adam(learning_rate)
+    unet.compile(optimizer=optimizer, loss=DiceLoss(crossentropy_weight), metrics=[Dice()])
+    history = unet.fit(train_ds, steps_per_epoch=steps, epochs=1, verbose=verbose)
+    scores = unet.evaluate(test_ds, return_dict=True, verbose=verbose)
+    result = {
+        "dice": float(scores["dice"]),
+        "loss": float(scores["loss"]),
+        "train_loss": float(history.history["loss"][-1]),
+        "steps": steps,
+        "num_test_examples": num_examples("test", data_dir),
+        "depth": depth,
+        "width_multiplier": width_multiplier,
+        "image_size": image_size,
+        "pretrained_encoder": encoder_checkpoint is not None,
+    }
+    if model_dir:
+        os.makedirs(model_dir, exist_ok=True)
+        manager = tf.train.CheckpointManager(
+            tf.train.Checkpoint(model=unet, optimizer=optimizer), model_dir, max_to_keep=1)
+        manager.save(checkpoint_number=steps)
+        with open(os.path.join(model_dir, "result.json"), "w") as f:
+            json.dump(result, f, indent=2)
+    return result

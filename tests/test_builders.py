@@ -1,0 +1,375 @@
+"""Each TFDS builder on its fixture: contents match the CSVs, splits by patient, clear errors."""
+import ast
+import csv
+import math
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from simclr_med import datasets, fixtures
+from simclr_med.errors import DataError
+from tfds_builders import common
+from tfds_builders.cxr_labels import CHEXPERT_HEADER, CHEXPERT_LABELS, CHEXPERT_TASKS, NIH_FOR_CHEXPERT, NIH_LABELS
+from tfds_builders.derm_cases.layouts import DERM_CONDITIONS
+
+CXR_SPLITS = ("train", "validation", "test")
+
+
+def build(name, manual, data_dir):
+    return datasets.builder_for(name, data_dir, manual)
+
+
+def examples(builder):
+    """split → list of numpy examples."""
+    return {s: list(tfds.as_numpy(builder.as_dataset(split=s, shuffle_files=False))) for s in builder.info.splits}
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def rewrite_csv(path, edit):
+    """Rewrites a CSV through `edit(records) -> records` (records include the header)."""
+    with open(path, newline="") as f:
+        records = list(csv.reader(f))
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(edit(records))
+
+
+def build_error(name, manual, data_dir) -> str:
+    with pytest.raises(DataError) as err:
+        build(name, manual, data_dir)
+    message = str(err.value)
+    assert "\n" not in message, message
+    return message
+
+
+def assert_patient_level(split_of_example, patient_of_example):
+    splits_of_patient = {}
+    for key, split in split_of_example.items():
+        splits_of_patient.setdefault(patient_of_example[key], set()).add(split)
+    assert all(len(s) == 1 for s in splits_of_patient.values())
+
+
+# --- derm_cases -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def generic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("generic")
+    manual = fixtures.write_generic_cases(root / "manual")
+    return manual, build("derm_cases/generic", manual, root / "tfds")
+
+
+def test_generic_examples_match_csv(generic):
+    manual, builder = generic
+    rows = read_rows(manual / "cases.csv")
+    expected = {}
+    for r in rows:
+        expected.setdefault(r["case_id"], (r["label"], []))[1].append(r["image_path"])
+    names = builder.info.features["label"].names
+    assert names == sorted({r["label"] for r in rows})
+    split_of = {}
+    for split, exs in examples(builder).items():
+        assert len(exs) == builder.info.splits[split].num_examples > 0
+        for ex in exs:
+            case = ex["case_id"].decode()
+            label, paths = expected[case]
+            assert case not in split_of
+            split_of[case] = split
+            assert names[ex["label"]] == label
+            assert [i.decode() for i in ex["image_ids"]] == paths
+            assert [bytes(b) for b in ex["images"]] == [(manual / p).read_bytes() for p in paths]
+    assert set(split_of) == set(expected)
+    assert builder.info.metadata["split_stats"]["train"]["num_images"] == sum(
+        len(expected[c][1]) for c, s in split_of.items() if s == "train")
+
+
+def test_split_helpers_keep_fractions_and_strata():
+    sizes = {f"c{i}": 1 for i in range(200)}
+    strata = {f"c{i}": i % 4 for i in range(200)}
+    split = common.split_groups(sizes, {"train": 0.7, "validation": 0.1, "test": 0.2}, 0, strata)
+    counts = {s: sum(v == s for v in split.values()) for s in ("train", "validation", "test")}
+    assert abs(counts["train"] - 140) <= 1 and abs(counts["validation"] - 20) <= 1 and abs(counts["test"] - 40) <= 1
+    for k in range(4):  # every stratum spread in proportion
+        n = sum(1 for c, s in split.items() if strata[c] == k and s == "test")
+        assert 8 <= n <= 12
+    assert split == common.split_groups(sizes, {"train": 0.7, "validation": 0.1, "test": 0.2}, 0, strata)
+    assert split != common.split_groups(sizes, {"train": 0.7, "validation": 0.1, "test": 0.2}, 1, strata)
+    # weighted: patients of many images count by images
+    weighted = common.split_groups({f"p{i}": 1 + i % 5 for i in range(300)}, {"a": 0.25, "b": 0.75}, 0)
+    images_a = sum(1 + int(p[1:]) % 5 for p, s in weighted.items() if s == "a")
+    assert abs(images_a / 900 - 0.25) < 0.01
+
+
+def _scin_expected(manual):
+    labels = {r["case_id"]: r["weighted_skin_condition_label"] for r in read_rows(manual / "dataset/scin_labels.csv")}
+    by_lower = {c.lower(): c for c in DERM_CONDITIONS}
+    expected = {}
+    for r in read_rows(manual / "dataset/scin_cases.csv"):
+        text = labels.get(r["case_id"], "")
+        if text:
+            weights = ast.literal_eval(text)
+            top = max(weights, key=weights.get)
+            n = sum(bool(r[f"image_{k}_path"]) for k in (1, 2, 3))
+            expected[r["case_id"]] = (by_lower.get(top.lower(), "Other"), n)
+    return expected
+
+
+def test_scin_joins_on_string_case_id_and_maps_labels(tmp_path):
+    manual = fixtures.write_scin(tmp_path / "scin")
+    expected = _scin_expected(manual)
+    assert "0012" in expected and "Other" in {v[0] for v in expected.values()}
+    for root in (manual, manual / "dataset"):  # the bucket root or its dataset/ folder
+        builder = build("derm_cases/scin", root, tmp_path / root.name)
+        names = builder.info.features["label"].names
+        assert names == list(DERM_CONDITIONS) + ["Other"]
+        got = {ex["case_id"].decode(): (names[ex["label"]], len(ex["images"]))
+               for exs in examples(builder).values() for ex in exs}
+        assert got == expected
+        assert any("1 case(s)" in n for n in builder.info.metadata["notes"])
+
+
+def test_ham10000_groups_images_by_lesion(tmp_path):
+    manual = fixtures.write_ham10000(tmp_path / "ham")
+    rows = read_rows(manual / "HAM10000_metadata.csv")
+    builder = build("derm_cases/ham10000", manual, tmp_path / "tfds")
+    names = builder.info.features["label"].names
+    got = {ex["case_id"].decode(): ex for exs in examples(builder).values() for ex in exs}
+    assert set(got) == {r["lesion_id"] for r in rows}
+    for r in rows:
+        ex = got[r["lesion_id"]]
+        assert names[ex["label"]] == r["dx"]
+        assert any(i.decode().endswith(f"/{r['image_id']}.jpg") for i in ex["image_ids"])
+        assert ex["metadata"]["age"].decode() == (str(int(float(r["age"]))) if r["age"] else "")
+    parts = {i.decode().split("/")[0] for ex in got.values() for i in ex["image_ids"]}
+    assert parts == {"HAM10000_images_part_1", "HAM10000_images_part_2"}
+
+
+# --- chexpert_v1 ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def chexpert(tmp_path_factory):
+    """Both layouts: with the CheXpert-v1.0-small/ root folder and without it."""
+    out = {}
+    for with_root in (True, False):
+        root = tmp_path_factory.mktemp(f"chexpert_{with_root}")
+        manual = fixtures.write_chexpert(root / "manual", with_root=with_root)
+        out[with_root] = manual, build("chexpert_v1", manual, root / "tfds")
+    return out
+
+
+@pytest.mark.parametrize("with_root", [True, False])
+def test_chexpert_examples_match_csv(chexpert, with_root):
+    manual, builder = chexpert[with_root]
+    csv_dir = manual / "CheXpert-v1.0-small" if with_root else manual
+    train = {r["Path"]: r for r in read_rows(csv_dir / "train.csv")}
+    valid = {r["Path"]: r for r in read_rows(csv_dir / "valid.csv")}
+    split_of, patient_of = {}, {}
+    for split, exs in examples(builder).items():
+        for ex in exs:
+            path = ex["image_id"].decode()
+            row = valid[path] if split == "valid" else train[path]
+            split_of[path], patient_of[path] = split, ex["patient_id"].decode()
+            assert patient_of[path] == path.split("/")[2]
+            assert ex["study_id"].decode() == "/".join(path.split("/")[2:4])
+            for value, column in zip(ex["raw_labels"], CHEXPERT_LABELS):
+                assert (math.isnan(value) and row[column] == "") or value == float(row[column])
+            assert bytes(ex["image"]) == (csv_dir / path.split("/", 1)[1]).read_bytes()
+            assert ex["metadata"]["ap_pa"].decode() == row["AP/PA"]
+    assert {p for p, s in split_of.items() if s == "valid"} == set(valid)
+    assert {p for p, s in split_of.items() if s != "valid"} == set(train)
+    assert all(any(s == split for s in split_of.values()) for split in CXR_SPLITS)
+    assert_patient_level(split_of, patient_of)
+    raw = np.stack([ex["raw_labels"] for ex in examples(builder)["train"]])
+    assert np.isnan(raw).any() and (raw == -1).any()  # blanks and uncertain both kept
+
+
+def test_chexpert_layouts_give_the_same_split(chexpert):
+    splits = [{ex["image_id"]: s for s, exs in examples(chexpert[w][1]).items() for ex in exs} for w in (True, False)]
+    assert splits[0] == splits[1]
+
+
+# --- nih_chestxray14 --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("split_dirs,old_csv", [(False, False), (True, True)])
+def test_nih_examples_match_csv_and_lists(tmp_path, split_dirs, old_csv):
+    manual = fixtures.write_nih(tmp_path / "nih", split_dirs=split_dirs, old_csv=old_csv)
+    csv_name = "Data_Entry_2017.csv" if old_csv else "Data_Entry_2017_v2020.csv"
+    with open(manual / csv_name, newline="") as f:
+        records = list(csv.reader(f))[1:]
+    rows = {r[0]: r for r in records}
+    test_list = set((manual / "test_list.txt").read_text().split())
+    builder = build("nih_chestxray14", manual, tmp_path / "tfds")
+    split_of, patient_of = {}, {}
+    for split, exs in examples(builder).items():
+        for ex in exs:
+            name = ex["image_id"].decode()
+            row = rows[name]
+            split_of[name], patient_of[name] = split, ex["patient_id"].decode()
+            assert (split == "test") == (name in test_list)
+            assert patient_of[name] == name[:8] and int(row[3]) == int(name[:8])
+            findings = set(row[1].split("|")) - {"No Finding"}
+            assert {NIH_LABELS[i] for i in np.flatnonzero(ex["labels"])} == findings
+            assert list(ex["chexpert_labels"]) == [ex["labels"][NIH_LABELS.index(NIH_FOR_CHEXPERT[t])]
+                                                   for t in CHEXPERT_TASKS]
+            age = int(row[4].rstrip("Y"))
+            assert ex["metadata"]["age"].decode() == (str(age) if age <= 120 else "")
+    assert set(split_of) == set(rows)
+    assert all(any(s == split for s in split_of.values()) for split in CXR_SPLITS)
+    assert_patient_level(split_of, patient_of)
+    if old_csv:
+        assert all(len(r[4]) == 4 and r[4].endswith("Y") for r in records)
+        implausible = sum(int(r[4].rstrip("Y")) > 120 for r in records)
+        assert implausible and builder.info.metadata["notes"][0].startswith(f"{implausible} row(s)")
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+def _first_row(manual, predicate):
+    """(row number, row) of the first data row of cases.csv satisfying predicate; header = row 1."""
+    rows = read_rows(manual / "cases.csv")
+    for i, r in enumerate(rows):
+        if predicate(r, rows):
+            return i + 2, r
+    raise AssertionError("fixture has no such row")
+
+
+def _images_of(rows, case):
+    return sum(x["case_id"] == case for x in rows)
+
+
+def test_missing_csv_and_missing_manual_dir(tmp_path):
+    manual = fixtures.write_generic_cases(tmp_path / "m")
+    (manual / "cases.csv").unlink()
+    assert "cases.csv not found under" in build_error("derm_cases/generic", manual, tmp_path / "t")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "CheXpert train.csv not found" in build_error("chexpert_v1", empty, tmp_path / "t")
+    assert "is not a directory" in build_error("chexpert_v1", tmp_path / "nope", tmp_path / "t")
+    assert "pass manual_dir" in build_error("nih_chestxray14", None, tmp_path / "t")
+
+
+def test_reordered_and_wrong_headers(tmp_path):
+    manual = fixtures.write_chexpert(tmp_path / "cx")
+    train_csv = manual / "CheXpert-v1.0-small/train.csv"
+    rewrite_csv(train_csv, lambda rs: [[r[0], r[2], r[1], *r[3:]] for r in rs])
+    msg = build_error("chexpert_v1", manual, tmp_path / "t")
+    assert "train.csv row 1: columns are reordered" in msg
+    nih = fixtures.write_nih(tmp_path / "nih")
+    rewrite_csv(nih / "Data_Entry_2017_v2020.csv", lambda rs: [r[:7] for r in rs])
+    assert "Data_Entry_2017_v2020.csv row 1: unexpected header" in build_error("nih_chestxray14", nih, tmp_path / "t")
+    generic = fixtures.write_generic_cases(tmp_path / "g")
+    rewrite_csv(generic / "cases.csv", lambda rs: [["case_id", "image_path", "lable", *rs[0][3:]]] + rs[1:])
+    assert "cases.csv row 1: missing column(s) label" in build_error("derm_cases/generic", generic, tmp_path / "t")
+
+
+def test_missing_image_names_the_row(tmp_path):
+    manual = fixtures.write_generic_cases(tmp_path / "m")
+    row, r = _first_row(manual, lambda r, rows: int(r["case_id"][-3:]) == 5)
+    (manual / r["image_path"]).unlink()
+    msg = build_error("derm_cases/generic", manual, tmp_path / "t")
+    assert f"cases.csv row {row}: image '{r['image_path']}' not found" in msg
+
+
+def test_corrupt_single_image_case_fails_and_leaves_no_dataset(tmp_path):
+    manual = fixtures.write_generic_cases(tmp_path / "m")
+    row, r = _first_row(manual, lambda r, rows: _images_of(rows, r["case_id"]) == 1)
+    good = (manual / r["image_path"]).read_bytes()
+    (manual / r["image_path"]).write_bytes(good[: len(good) // 2])
+    msg = build_error("derm_cases/generic", manual, tmp_path / "t")
+    assert f"cases.csv row {row}" in msg and "no readable image" in msg and "truncated" in msg
+    assert not tfds.builder("derm_cases/generic", data_dir=tmp_path / "t").is_prepared()
+    (manual / r["image_path"]).write_bytes(good)  # fixed: the next load builds
+    assert build("derm_cases/generic", manual, tmp_path / "t").is_prepared()
+
+
+def test_corrupt_image_in_a_bag_is_skipped_and_reported(tmp_path):
+    manual = fixtures.write_generic_cases(tmp_path / "m")
+    row, r = _first_row(manual, lambda r, rows: _images_of(rows, r["case_id"]) >= 2)
+    (manual / r["image_path"]).write_bytes(b"not an image at all")
+    builder = build("derm_cases/generic", manual, tmp_path / "t")
+    [skipped] = builder.info.metadata["skipped_images"]
+    assert f"cases.csv row {row}" in skipped and r["image_path"] in skipped
+    case = next(ex for exs in examples(builder).values() for ex in exs if ex["case_id"].decode() == r["case_id"])
+    assert r["image_path"].encode() not in list(case["image_ids"])
+    assert len(case["images"]) == _images_of(read_rows(manual / "cases.csv"), r["case_id"]) - 1
+
+
+def test_empty_image_in_chexpert_fails(tmp_path):
+    manual = fixtures.write_chexpert(tmp_path / "cx")
+    rows = read_rows(manual / "CheXpert-v1.0-small/train.csv")
+    (manual / rows[6]["Path"]).write_bytes(b"")
+    msg = build_error("chexpert_v1", manual, tmp_path / "t")
+    assert "train.csv row 8" in msg and "is empty" in msg
+
+
+def test_bad_values_name_file_and_row(tmp_path):
+    ham = fixtures.write_ham10000(tmp_path / "ham")
+    rewrite_csv(ham / "HAM10000_metadata.csv", lambda rs: rs[:3] + [rs[3][:2] + ["xyz"] + rs[3][3:]] + rs[4:])
+    msg = build_error("derm_cases/ham10000", ham, tmp_path / "t")
+    assert "HAM10000_metadata.csv row 4" in msg and "'xyz'" in msg
+
+    cx = fixtures.write_chexpert(tmp_path / "cx")
+    edema = list(CHEXPERT_HEADER).index("Edema")
+    rewrite_csv(cx / "CheXpert-v1.0-small/train.csv",
+                lambda rs: rs[:5] + [rs[5][:edema] + ["2.0"] + rs[5][edema + 1:]] + rs[6:])
+    assert "train.csv row 6: column 'Edema' has '2.0'" in build_error("chexpert_v1", cx, tmp_path / "t")
+
+    nih = fixtures.write_nih(tmp_path / "nih")
+    rewrite_csv(nih / "Data_Entry_2017_v2020.csv", lambda rs: rs[:2] + [[rs[2][0], "Edema|Flu"] + rs[2][2:]] + rs[3:])
+    msg = build_error("nih_chestxray14", nih, tmp_path / "t")
+    assert "Data_Entry_2017_v2020.csv row 3: unknown finding 'Flu'" in msg
+
+    scin = fixtures.write_scin(tmp_path / "scin")
+    rewrite_csv(scin / "dataset/scin_labels.csv", lambda rs: rs[:2] + [rs[2][:4] + ["{'Eczema': "] + rs[2][5:]] + rs[3:])
+    assert "scin_labels.csv row 3: weighted_skin_condition_label" in build_error("derm_cases/scin", scin, tmp_path / "t")
+
+
+def test_nih_image_outside_the_official_lists(tmp_path):
+    nih = fixtures.write_nih(tmp_path / "nih")
+    names = (nih / "test_list.txt").read_text().split()
+    (nih / "test_list.txt").write_text("\n".join(names[1:]) + "\n")
+    msg = build_error("nih_chestxray14", nih, tmp_path / "t")
+    assert f"image '{names[0]}' is in 0 of train_val_list.txt, test_list.txt" in msg
+
+
+def test_path_escaping_the_manual_dir(tmp_path):
+    manual = fixtures.write_generic_cases(tmp_path / "m")
+    shutil.copy(manual / read_rows(manual / "cases.csv")[0]["image_path"], tmp_path / "outside.png")
+    rewrite_csv(manual / "cases.csv", lambda rs: rs[:2] + [[rs[2][0], "../outside.png"] + rs[2][2:]] + rs[3:])
+    assert "cases.csv row 3: image path '../outside.png' escapes the manual dir" in build_error(
+        "derm_cases/generic", manual, tmp_path / "t")
+
+
+def test_duplicated_rows_and_shared_images(tmp_path):
+    manual = fixtures.write_generic_cases(tmp_path / "m")
+    rewrite_csv(manual / "cases.csv", lambda rs: rs + [rs[4]])
+    n = len(read_rows(manual / "cases.csv")) + 1
+    assert f"cases.csv row {n}: duplicated row" in build_error("derm_cases/generic", manual, tmp_path / "t")
+    rewrite_csv(manual / "cases.csv", lambda rs: rs[:-1] + [["other_case"] + rs[4][1:]])
+    assert "is also used by case" in build_error("derm_cases/generic", manual, tmp_path / "t")
+
+    cx = fixtures.write_chexpert(tmp_path / "cx")
+    rewrite_csv(cx / "CheXpert-v1.0-small/valid.csv", lambda rs: rs + [rs[1]])
+    assert "valid.csv row" in build_error("chexpert_v1", cx, tmp_path / "t")
+
+
+def test_inconsistent_case_label_and_empty_split(tmp_path):
+    manual = fixtures.write_generic_cases(tmp_path / "m")
+    row, r = _first_row(manual, lambda r, rows: _images_of(rows, r["case_id"]) >= 2)
+    rewrite_csv(manual / "cases.csv", lambda rs: rs[: row] + [rs[row][:2] + ["psoriasis"] + rs[row][3:]] + rs[row + 1:])
+    msg = build_error("derm_cases/generic", manual, tmp_path / "t")
+    assert f"cases.csv row {row + 1}: case '{r['case_id']}' has label 'psoriasis'" in msg
+
+    small = fixtures.write_generic_cases(tmp_path / "small", num_cases=2)
+    assert "would be empty" in build_error("derm_cases/generic", small, tmp_path / "t2")
+
+
+def test_rebuilt_download_is_not_silently_replaced(tmp_path):
+    manual = fixtures.write_generic_cases(tmp_path / "m")
+    build("derm_cases/generic", manual, tmp_path / "t")
+    rewrite_csv(manual / "cases.csv", lambda rs: rs[:-1])
+    assert "built from a different download" in build_error("derm_cases/generic", manual, tmp_path / "t")

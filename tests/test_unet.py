@@ -1,0 +1,222 @@
+"""U-Net, Dice, the seg_masks builder and the segmentation pipeline/training."""
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from PIL import Image
+
+import keras
+from simclr_med.fixtures_seg import write_seg_fixture
+from simclr_med.resnet import build_resnet, stage_output_names
+from simclr_med.segmentation import _load_encoder, load_segmentation, train_segmentation
+from simclr_med.unet import Dice, DiceLoss, UNet, dice_coefficient, load_encoder_weights
+from tfds_builders.seg_masks import SegMasks, SegMasksError
+
+TINY = (16, 8, 8, 8, 8)  # decoder filters
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _quiet_tfds():
+    tfds.disable_progress_bar()
+
+
+# ----------------------------------------------------------------------------- U-Net
+@pytest.mark.parametrize("depth", [18, 50])
+def test_output_shape_equals_input_shape(depth):
+    unet = UNet(depth, num_classes=1, decoder_filters=TINY)
+    out = unet(np.random.rand(2, 64, 64, 3).astype("float32")).numpy()
+    assert out.shape == (2, 64, 64, 1)
+    assert np.all((out > 0) & (out < 1))
+
+
+def test_multi_class_softmax_and_size_check():
+    unet = UNet(18, num_classes=3, decoder_filters=TINY)
+    out = unet(np.random.rand(1, 32, 32, 3).astype("float32")).numpy()
+    assert out.shape == (1, 32, 32, 3)
+    np.testing.assert_allclose(out.sum(-1), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="divisible by 32"):
+        unet(np.zeros((1, 48, 48, 3), "float32"))
+
+
+def test_encoder_weights_copied_exactly():
+    source = build_resnet(18)
+    rng = np.random.default_rng(0)
+    source.set_weights([rng.normal(size=w.shape).astype("float32") for w in source.get_weights()])
+    unet = UNet(18, decoder_filters=TINY)
+    assert not all(np.array_equal(a, b) for a, b in zip(source.get_weights(), unet.encoder.get_weights()))
+
+    assert load_encoder_weights(unet, source) == sum(1 for l in source.layers if l.weights)
+    for layer in source.layers:
+        for a, b in zip(layer.get_weights(), unet.encoder.get_layer(layer.name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    # The tapped feature model shares the copied layers.
+    x = np.random.rand(1, 32, 32, 3).astype("float32")
+    deepest = keras.Model(source.input, source.get_layer(stage_output_names(18)[-1]).output)
+    np.testing.assert_allclose(unet.features(x)[-1], deepest(x), rtol=1e-5, atol=1e-5)
+
+
+def test_encoder_mismatch_is_rejected():
+    unet = UNet(18, decoder_filters=TINY)
+    with pytest.raises(ValueError, match="does not match"):
+        load_encoder_weights(unet, build_resnet(34))
+    with pytest.raises(ValueError, match="width multiplier"):
+        load_encoder_weights(unet, build_resnet(18, 2))
+
+
+# ----------------------------------------------------------------------------- Dice
+def _square(size=16, top=2, left=2, side=6):
+    m = np.zeros((1, size, size, 1), "float32")
+    m[0, top:top + side, left:left + side] = 1
+    return m
+
+
+def test_dice_values():
+    a, b = _square(), _square(top=9, left=9)
+    assert float(dice_coefficient(a, a, smooth=1e-6)[0]) == pytest.approx(1.0)
+    assert float(dice_coefficient(a, b, smooth=1e-6)[0]) == pytest.approx(0.0, abs=1e-6)
+    half = _square(side=4)
+    half[0, 2:6, 4:6] = 0  # 8 of a's pixels vs a's 36 → 2·8 / (36 + 8)
+    assert float(dice_coefficient(a, half, smooth=0.0)[0]) == pytest.approx(16 / 44)
+
+    metric = Dice()
+    metric.update_state(a, a * 0.9)  # thresholded at 0.5
+    assert float(metric.result()) == pytest.approx(1.0)
+    metric.update_state(a, b)
+    assert float(metric.result()) == pytest.approx(0.5)
+    metric.reset_state()
+    metric.update_state(np.zeros_like(a), np.zeros_like(a))
+    assert float(metric.result()) == pytest.approx(1.0)  # nothing to find, nothing found
+
+
+def test_multi_class_dice_uses_class_indices():
+    labels = np.zeros((1, 8, 8, 1), "float32")
+    labels[0, :4] = 1
+    labels[0, 4:, :4] = 2
+    perfect = keras.ops.one_hot(labels[..., 0].astype("int32"), 3).numpy()
+    metric = Dice()
+    metric.update_state(labels, perfect)
+    assert float(metric.result()) == pytest.approx(1.0)
+    swapped = perfect[..., [0, 2, 1]]
+    metric.reset_state()
+    metric.update_state(labels, swapped)
+    assert float(metric.result()) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_dice_loss_has_gradient():
+    target = _square()
+    logits = tf.Variable(np.random.default_rng(0).normal(size=target.shape).astype("float32"))
+    for loss_fn in (DiceLoss(), DiceLoss(crossentropy_weight=1.0)):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(target, tf.sigmoid(logits))
+        grad = tape.gradient(loss, logits).numpy()
+        assert np.abs(grad).max() > 0
+        # Raising foreground logits lowers the loss: the gradient is negative inside the mask.
+        assert grad[target > 0].mean() < 0 < grad[target == 0].mean()
+    assert float(DiceLoss()(target, target)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_few_steps_lower_the_loss():
+    rng = np.random.default_rng(0)
+    masks = np.concatenate([_square(32, *rng.integers(0, 20, 2), side=12) for _ in range(4)])
+    images = np.repeat(masks, 3, axis=-1) * 0.8 + rng.uniform(0, 0.2, size=(4, 32, 32, 3))
+    keras.utils.set_random_seed(0)
+    unet = UNet(18, decoder_filters=TINY)
+    unet.compile(optimizer=keras.optimizers.Adam(1e-3), loss=DiceLoss(crossentropy_weight=1.0))
+    history = unet.fit(images.astype("float32"), masks, batch_size=4, epochs=8, verbose=0)
+    losses = history.history["loss"]
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+# ----------------------------------------------------------------------------- seg_masks builder
+@pytest.fixture(scope="module")
+def seg_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seg")
+    manual = write_seg_fixture(str(root / "manual"), num_images=12, size=48)
+    data_dir = str(root / "data")
+    builder = SegMasks(data_dir=data_dir)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
+    return manual, data_dir, builder
+
+
+def test_builder_splits_and_masks(seg_data):
+    _, _, builder = seg_data
+    splits = builder.info.splits
+    assert [splits[s].num_examples for s in ("train", "validation", "test")] == [8, 2, 2]
+    names = {s: {ex["name"].numpy() for ex in builder.as_dataset(split=s)} for s in splits}
+    assert not (names["train"] & names["test"]) and not (names["train"] & names["validation"])
+    for ex in builder.as_dataset(split="train"):
+        assert ex["image"].shape[:2] == ex["mask"].shape[:2]
+        assert set(np.unique(ex["mask"].numpy())) == {0, 1}  # 0/255 stored as 0/1
+
+
+def _build(manual, tmp_path):
+    SegMasks(data_dir=str(tmp_path / "data")).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+
+
+def test_builder_errors_name_the_file(tmp_path):
+    manual = tmp_path / "manual"
+    write_seg_fixture(str(manual), num_images=4, size=32)
+    (manual / "masks" / "case001.png").unlink()
+    with pytest.raises(SegMasksError, match=r"case001\.jpg: no mask masks/case001\.png"):
+        _build(manual, tmp_path)
+
+    write_seg_fixture(str(manual), num_images=4, size=32)
+    Image.new("L", (20, 32)).save(manual / "masks" / "case002.png")
+    with pytest.raises(SegMasksError, match=r"case002\.png: mask is 20x32 but its image case002\.png is 48x32"):
+        _build(manual, tmp_path)
+
+    write_seg_fixture(str(manual), num_images=4, size=32)
+    (manual / "images" / "case003.jpg").write_bytes(b"not an image")
+    with pytest.raises(SegMasksError, match=r"case003\.jpg: unreadable image"):
+        _build(manual, tmp_path)
+
+    with pytest.raises(SegMasksError, match="folder not found"):
+        _build(tmp_path / "nowhere", tmp_path)
+
+
+# ----------------------------------------------------------------------------- pipeline + training
+def test_load_segmentation_keeps_image_and_mask_aligned(seg_data):
+    _, data_dir, _ = seg_data
+    ds = load_segmentation("train", data_dir, None, image_size=32, batch_size=4, training=True)
+    for images, masks in ds.take(6):  # 24 draws: both flips happen with near certainty
+        assert images.shape == (4, 32, 32, 3) and masks.shape == (4, 32, 32, 1)
+        bright = images.numpy().mean(-1, keepdims=True) > 0.45
+        agreement = (bright == (masks.numpy() > 0.5)).mean(axis=(1, 2, 3))
+        assert agreement.min() > 0.93, agreement
+    test = load_segmentation("test", data_dir, None, image_size=32, batch_size=4)
+    assert sum(int(m.shape[0]) for _, m in test) == 2
+
+
+def test_load_segmentation_needs_manual_dir_once(tmp_path):
+    with pytest.raises(ValueError, match="pass manual_dir"):
+        load_segmentation("train", str(tmp_path / "empty"))
+
+
+def test_train_segmentation_end_to_end(seg_data, tmp_path):
+    manual, data_dir, _ = seg_data
+    encoder = build_resnet(18)
+    model_dir = str(tmp_path / "run")
+    result = train_segmentation(data_dir=data_dir, manual_dir=manual, depth=18, image_size=32,
+                                batch_size=4, steps=3, learning_rate=1e-3, encoder_checkpoint=encoder,
+                                model_dir=model_dir, decoder_filters=TINY)
+    assert 0.0 <= result["dice"] <= 1.0 and np.isfinite(result["loss"])
+    assert result["pretrained_encoder"] and result["num_test_examples"] == 2
+    assert json.load(open(os.path.join(model_dir, "result.json"))) == result
+
+    # The run's checkpoint follows the contract: its encoder moves into a fresh U-Net.
+    fresh, reference = UNet(18, decoder_filters=TINY), UNet(18, decoder_filters=TINY)
+    _load_encoder(fresh, model_dir, 18, 1)
+    tf.train.Checkpoint(model=reference).restore(tf.train.latest_checkpoint(model_dir)).expect_partial()
+    for a, b in zip(fresh.encoder.get_weights(), reference.encoder.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(fresh.encoder.get_weights(), encoder.get_weights()))
+    with pytest.raises(ValueError, match="no depth-34 encoder"):
+        _load_encoder(UNet(34, decoder_filters=TINY), model_dir, 34, 1)
+    with pytest.raises(ValueError, match="no checkpoint"):
+        _load_encoder(fresh, str(tmp_path), 18, 1)
