@@ -16,7 +16,7 @@ from absl import app, flags  # noqa: E402
 from simclr_med.config import Config  # noqa: E402
 
 HELP = {
-    "mode": "train | eval | train_then_eval | export",
+    "mode": "train | eval | train_then_eval | export | sweep (LR × weight-decay grid for fine-tuning)",
     "train_mode": "pretrain (SimCLR/MICLe) | finetune (end to end) | lineareval (frozen encoder)",
     "method": "simclr | micle (positive pairs from two different images of a case)",
     "dataset": "demo | derm_cases/generic | derm_cases/scin | derm_cases/ham10000 | chexpert_v1 | nih_chestxray14",
@@ -63,6 +63,8 @@ HELP = {
     "seed": "random seed",
     "skip_nonfinite_steps": "skip up to N steps with NaN/Inf loss before stopping",
     "verbose": "0 silent, 1 progress bar, 2 one line per chunk",
+    "sweep_learning_rates": "--mode=sweep learning rates, comma-separated (default: 7 log-spaced 10^-3.5..10^-0.5)",
+    "sweep_weight_decays": "--mode=sweep weight decays, comma-separated (default: 1e-5,1e-4,1e-3,0)",
 }
 
 _DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float,
@@ -78,12 +80,15 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from simclr_med import experiment
+    from simclr_med import experiment, sweep
     from simclr_med.errors import SimclrMedError
 
     cfg = Config(**{name: getattr(FLAGS, name) for name in Config.field_names()})
     try:
-        summary = experiment.run(cfg)
+        if cfg.mode == "sweep":
+            summary = {"result": sweep.sweep(cfg.validate(), **cfg.sweep_grid())["test_result"]}
+        else:
+            summary = experiment.run(cfg)
     except SimclrMedError as e:
         print(f"simclr-med: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -2,27 +2,29 @@
 
 Every random choice is a stateless draw from an explicit seed, so a view is a pure function of
 (image, seed): reproducible, and independent of the order in which tf.data's parallel map
-finishes. Each image gets its own draws (Keras 3's RandomCrop/RandomGaussianBlur share one draw
+finishes. Each view gets its own draws (Keras 3's RandomCrop/RandomGaussianBlur share one draw
 per batch, which would make all views of a batch alike).
 
-Speed matters here because the input pipeline runs on the host CPU: JPEGs decode only their
-crop window, and the colour transforms are 3×3 colour matrices instead of HSV round trips.
+The input pipeline runs on the host CPU, where TF ops cost microseconds each, so the code keeps
+the op count low: one uniform draw per view feeds every random choice, crop + resize + flip of
+all views of an image is a single `crop_and_resize`, and the colour transforms are cheap 3×3
+colour matrices or fused kernels instead of HSV round trips.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable
 
+import numpy as np
 import tensorflow as tf
 
-GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # tf.image.rgb_to_grayscale's luma weights
 CROP_AREA = (0.08, 1.0)
 CROP_LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))
 CROP_ATTEMPTS = 10
-CENTER_CROP_PROPORTION = 0.875  # SimCLR evaluation: central 87.5% (224 of 256)
-
-# RGB <-> YIQ: a hue shift is a rotation of the (I, Q) chroma plane.
-_RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+CROP_DRAWS = 2 * CROP_ATTEMPTS + 2
+CENTER_CROP_PROPORTION = 0.875  # SimCLR evaluation: the central 87.5% (224 of 256)
+GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], np.float32)  # tf.image.rgb_to_grayscale's
 
 
 def decode_image(encoded: tf.Tensor) -> tf.Tensor:
@@ -46,46 +48,49 @@ def to_float_rgb(image: tf.Tensor) -> tf.Tensor:
     return image[..., :3]
 
 
-# --- crop windows: (offset_y, offset_x, height, width) as int32 scalars ---------------------------
+# --- crop windows: (offset_y, offset_x, height, width), each int32 [views] ----------------------
 
-def resized_crop_window(height, width, seed):
-    """SimCLR's random resized crop: area U(0.08, 1), aspect log-U(3/4, 4/3).
+def resized_crop_windows(height, width, u):
+    """SimCLR's random resized crop: area U(0.08, 1) of the image, aspect log-U(3/4, 4/3).
 
-    Ten candidates are drawn at once and the first that fits is used; if none fits, the
-    largest central crop with an aspect ratio in range (torchvision's fallback).
+    `u` holds CROP_DRAWS uniforms per view ([views, CROP_DRAWS]). Ten candidates are tried at
+    once and the first that fits is used; if none fits, the largest central crop with an
+    aspect ratio in range (torchvision's fallback).
     """
-    u = tf.random.stateless_uniform([2 * CROP_ATTEMPTS + 2], seed)
     h_f, w_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-    area = h_f * w_f * (CROP_AREA[0] + (CROP_AREA[1] - CROP_AREA[0]) * u[:CROP_ATTEMPTS])
-    ratio = tf.exp(CROP_LOG_RATIO[0] + (CROP_LOG_RATIO[1] - CROP_LOG_RATIO[0]) * u[CROP_ATTEMPTS:2 * CROP_ATTEMPTS])
+    area = h_f * w_f * _lerp(*CROP_AREA, u[:, :CROP_ATTEMPTS])
+    ratio = tf.exp(_lerp(*CROP_LOG_RATIO, u[:, CROP_ATTEMPTS:2 * CROP_ATTEMPTS]))
     cand_w = tf.cast(tf.round(tf.sqrt(area * ratio)), tf.int32)
     cand_h = tf.cast(tf.round(tf.sqrt(area / ratio)), tf.int32)
     fits = (cand_w >= 1) & (cand_w <= width) & (cand_h >= 1) & (cand_h <= height)
-    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+    first = tf.argmax(tf.cast(fits, tf.int32), axis=1, output_type=tf.int32)
+    found = tf.reduce_any(fits, axis=1)
 
     min_ratio, max_ratio = math.exp(CROP_LOG_RATIO[0]), math.exp(CROP_LOG_RATIO[1])
-    in_ratio = w_f / h_f
-    fb_w = tf.where(in_ratio > max_ratio, tf.cast(tf.round(h_f * max_ratio), tf.int32), width)
-    fb_h = tf.where(in_ratio < min_ratio, tf.cast(tf.round(w_f / min_ratio), tf.int32), height)
-    found = tf.reduce_any(fits)
-    h = tf.maximum(tf.where(found, cand_h[first], fb_h), 1)
-    w = tf.maximum(tf.where(found, cand_w[first], fb_w), 1)
-    y = tf.where(found, _random_offset(height - h, u[-2]), (height - h) // 2)
-    x = tf.where(found, _random_offset(width - w, u[-1]), (width - w) // 2)
+    fallback_w = tf.where(w_f / h_f > max_ratio, tf.cast(tf.round(h_f * max_ratio), tf.int32), width)
+    fallback_h = tf.where(w_f / h_f < min_ratio, tf.cast(tf.round(w_f / min_ratio), tf.int32), height)
+    h = tf.where(found, tf.gather(cand_h, first, batch_dims=1), tf.maximum(fallback_h, 1))
+    w = tf.where(found, tf.gather(cand_w, first, batch_dims=1), tf.maximum(fallback_w, 1))
+    y = tf.where(found, _random_offset(height - h, u[:, -2]), (height - h) // 2)
+    x = tf.where(found, _random_offset(width - w, u[:, -1]), (width - w) // 2)
     return y, x, h, w
 
 
-def center_crop_window(height, width, proportion=CENTER_CROP_PROPORTION):
+def random_crop_windows(height, width, u, proportion=CENTER_CROP_PROPORTION):
+    """A square of `proportion` of the shorter side at a random place ("resize 256, crop 224")."""
+    side = tf.fill(tf.shape(u)[:1], _square_side(height, width, proportion))
+    return _random_offset(height - side, u[:, 0]), _random_offset(width - side, u[:, 1]), side, side
+
+
+def center_crop_windows(height, width, num_views, proportion=CENTER_CROP_PROPORTION):
     """The central square covering `proportion` of the shorter side (SimCLR's evaluation crop)."""
-    side = tf.maximum(tf.cast(tf.round(proportion * tf.cast(tf.minimum(height, width), tf.float32)), tf.int32), 1)
+    side = tf.fill([num_views], _square_side(height, width, proportion))
     return (height - side + 1) // 2, (width - side + 1) // 2, side, side
 
 
-def random_crop_window(height, width, seed, proportion=CENTER_CROP_PROPORTION):
-    """A square of `proportion` of the shorter side at a random place: "resize to 256, crop 224"."""
-    side = tf.maximum(tf.cast(tf.round(proportion * tf.cast(tf.minimum(height, width), tf.float32)), tf.int32), 1)
-    u = tf.random.stateless_uniform([2], seed)
-    return _random_offset(height - side, u[0]), _random_offset(width - side, u[1]), side, side
+def _square_side(height, width, proportion):
+    shorter = tf.cast(tf.minimum(height, width), tf.float32)
+    return tf.maximum(tf.cast(tf.round(proportion * shorter), tf.int32), 1)
 
 
 def _lerp(low, high, u):
@@ -97,123 +102,148 @@ def _random_offset(slack, u):
     return tf.minimum(tf.cast(u * tf.cast(slack + 1, tf.float32), tf.int32), slack)
 
 
-def crop_and_resize(image: tf.Tensor, image_size: int, window_fn: Callable) -> tf.Tensor:
-    """Crop the window chosen by `window_fn(height, width)` and resize it to a square.
+# --- decode + crop + resize + flip ----------------------------------------------------------------
 
-    `image` is encoded bytes (a tf.string scalar) or a decoded [H, W, C] tensor. A JPEG decodes
-    only the window (decode_and_crop_jpeg), which is most of the speed of the input pipeline.
+def crop_resize_flip(image, image_size: int, window_fn: Callable, flips: tf.Tensor) -> tf.Tensor:
+    """Crop the windows chosen by `window_fn(height, width)`, resize each to a square, flip some.
+
+    `image` is encoded bytes (a tf.string scalar) or a decoded [H, W, C] tensor; `flips` is bool
+    [views]. Returns float32 [views, image_size, image_size, 3] in [0, 1]. All views come from
+    one decode and one `crop_and_resize` (bilinear). A single view of a JPEG decodes only its
+    window (decode_and_crop_jpeg); several views of one image share a full decode, which is
+    cheaper than decoding each window.
     """
-    if image.dtype == tf.string:
-        def from_jpeg():
+    num_views = flips.shape[0]
+    if image.dtype != tf.string:
+        return _crop_and_resize(to_float_rgb(image), window_fn, flips, image_size)
+
+    def from_jpeg():
+        if num_views == 1:
             shape = tf.image.extract_jpeg_shape(image)
-            window = tf.stack(window_fn(shape[0], shape[1]))
-            return tf.cast(tf.image.decode_and_crop_jpeg(image, window, channels=3), tf.float32) / 255.0
+            y, x, h, w = window_fn(shape[0], shape[1])
+            crop = tf.image.decode_and_crop_jpeg(image, tf.concat([y, x, h, w], 0), channels=3)
+            crops = _crop_and_resize(crop, lambda hh, ww: (0 * y, 0 * x, h, w), flips, image_size)
+        else:
+            crops = _crop_and_resize(tf.io.decode_jpeg(image, channels=3), window_fn, flips, image_size)
+        return crops * (1.0 / 255.0)
 
-        def from_other():
-            return _crop(decode_image(image), window_fn)
+    def from_other():
+        return _crop_and_resize(decode_image(image), window_fn, flips, image_size)
 
-        crop = tf.cond(tf.io.is_jpeg(image), from_jpeg, from_other)
-    else:
-        crop = _crop(to_float_rgb(image), window_fn)
-    resized = tf.image.resize(crop[None], [image_size, image_size], method="bicubic", antialias=False)
-    return tf.ensure_shape(resized[0], [image_size, image_size, 3])
+    crops = tf.cond(tf.io.is_jpeg(image), from_jpeg, from_other)
+    return tf.ensure_shape(crops, [num_views, image_size, image_size, 3])
 
 
-def _crop(image, window_fn):
+def _crop_and_resize(image, window_fn, flips, size):
+    """Bilinear crop+resize of each window with pixel-centre alignment (as tf.image.resize).
+
+    crop_and_resize samples output pixel j at box_start + j·(box_end − box_start)/(size − 1)
+    in [0, dim − 1] units, so the box is set to the centres of the first and last output
+    pixels; swapping its x ends flips the view.
+    """
     shape = tf.shape(image)
-    y, x, h, w = window_fn(shape[0], shape[1])
-    return image[y:y + h, x:x + w]
+    height, width = shape[0], shape[1]
+    y, x, h, w = window_fn(height, width)
+
+    def ends(start, extent, dim):
+        start, extent, last = tf.cast(start, tf.float32), tf.cast(extent, tf.float32), tf.cast(dim - 1, tf.float32)
+        step = extent / size
+        lo = tf.clip_by_value(start + 0.5 * step - 0.5, 0.0, last)
+        hi = tf.clip_by_value(start + (size - 0.5) * step - 0.5, 0.0, last)
+        scale = 1.0 / tf.maximum(last, 1.0)
+        return lo * scale, hi * scale
+
+    y1, y2 = ends(y, h, height)
+    x1, x2 = ends(x, w, width)
+    x1, x2 = tf.where(flips, x2, x1), tf.where(flips, x1, x2)
+    boxes = tf.stack([y1, x1, y2, x2], axis=1)
+    return tf.image.crop_and_resize(
+        image[None], boxes, tf.zeros_like(y), [size, size], method="bilinear")
 
 
-# --- photometric transforms on one float32 [H, W, 3] image ------------------------------------------
+# --- photometric transforms of one float32 [S, S, 3] view --------------------------------------
 
-def _apply_color_matrix(image, matrix, offset=None):
-    """out[..., i] = Σ_j matrix[i, j] · image[..., j] (+ offset[i]) as one small matmul."""
+def _apply_color_matrix(image, matrix):
+    """out[..., i] = Σ_j matrix[i, j] · image[..., j], as one small matmul."""
     flat = tf.matmul(tf.reshape(image, [-1, 3]), matrix, transpose_b=True)
-    if offset is not None:
-        flat = flat + offset
     return tf.reshape(flat, tf.shape(image))
 
 
-def _gray_matrix():
-    return tf.tile(tf.constant([GRAY_WEIGHTS]), [3, 1])
+def _yiq_hue_basis():
+    """Constant matrices A, B, C with hue_matrix(θ) = A + cos θ·B + sin θ·C.
 
-
-def _hue_matrix(delta):
-    """RGB→RGB matrix rotating the YIQ chroma plane by delta turns (a linear HSV hue shift)."""
-    yiq = tf.constant(_RGB_TO_YIQ)
-    c, s = tf.cos(2.0 * math.pi * delta), tf.sin(2.0 * math.pi * delta)
-    one, zero = tf.ones_like(c), tf.zeros_like(c)
-    rotation = tf.reshape(tf.stack([one, zero, zero, zero, c, -s, zero, s, c]), [3, 3])
-    return tf.linalg.inv(yiq) @ rotation @ yiq
-
-
-def color_jitter(image, strength, seed):
-    """SimCLR colour jitter: brightness, contrast, saturation (0.8·s) and hue (0.2·s) in random order.
-
-    Brightness multiplies, contrast scales about the per-channel mean (as tf.image), saturation
-    blends with the grayscale image (as torchvision) and hue rotates the chroma plane; each is a
-    3×3 colour matrix, and the result is clipped to [0, 1] after every step as in SimCLR.
+    Rotating the (I, Q) chroma plane of YIQ by θ is the linear counterpart of an HSV hue shift.
     """
-    u = tf.random.stateless_uniform([8], seed)
+    yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    inv = np.linalg.inv(yiq)
+    parts = (np.diag([1.0, 0.0, 0.0]), np.diag([0.0, 1.0, 1.0]), np.array([[0, 0, 0], [0, 0, -1], [0, 1, 0.0]]))
+    return [(inv @ p @ yiq).astype(np.float32) for p in parts]
+
+
+_HUE_A, _HUE_B, _HUE_C = _yiq_hue_basis()
+_GRAY_MATRIX = np.tile(GRAY_WEIGHTS[None], [3, 1])
+COLOR_JITTER_DRAWS = 8
+
+
+def color_jitter(image, strength, u):
+    """SimCLR colour jitter: brightness, contrast, saturation (0.8·s) and hue (0.2·s), random order.
+
+    `u` is COLOR_JITTER_DRAWS uniforms. Brightness multiplies, contrast scales about the
+    per-channel mean (tf.image.adjust_contrast), saturation blends with the grayscale image (as
+    torchvision) and hue rotates the YIQ chroma plane. As in SimCLR the image is clipped to
+    [0, 1] after every step.
+    """
     b = c = s = 0.8 * strength
     brightness = _lerp(max(1.0 - b, 0.0), 1.0 + b, u[0])
     contrast = _lerp(1.0 - c, 1.0 + c, u[1])
     saturation = _lerp(1.0 - s, 1.0 + s, u[2])
-    hue = 0.2 * strength * (2.0 * u[3] - 1.0)
-    eye = tf.eye(3)
-    matrices = tf.stack([
-        brightness * eye,
-        contrast * eye,
-        saturation * eye + (1.0 - saturation) * _gray_matrix(),
-        _hue_matrix(hue),
-    ])
-    order = tf.argsort(u[4:])
+    theta = 2.0 * math.pi * _lerp(-0.2 * strength, 0.2 * strength, u[3])
+    saturation_matrix = saturation * np.eye(3, dtype=np.float32) + (1.0 - saturation) * _GRAY_MATRIX
+    hue_matrix = _HUE_A + tf.cos(theta) * _HUE_B + tf.sin(theta) * _HUE_C
+    order = tf.argsort(u[4:8])
     for step in range(4):
-        op = order[step]
-        # Only contrast has an offset: (1 - f) · mean, which needs the current image.
-        offset = tf.where(op == 1, 1.0 - contrast, 0.0) * tf.reduce_mean(image, axis=[0, 1])
-        image = tf.clip_by_value(_apply_color_matrix(image, matrices[op], offset), 0.0, 1.0)
+        image = tf.switch_case(order[step], [
+            lambda x=image: x * brightness,
+            lambda x=image: tf.image.adjust_contrast(x, contrast),
+            lambda x=image: _apply_color_matrix(x, saturation_matrix),
+            lambda x=image: _apply_color_matrix(x, hue_matrix),
+        ])
+        image = tf.clip_by_value(image, 0.0, 1.0)
     return image
 
 
 def to_grayscale(image):
     """Luma, kept as 3 channels so the network input shape is unchanged."""
-    return _apply_color_matrix(image, _gray_matrix())
+    return _apply_color_matrix(image, _GRAY_MATRIX)
 
 
 def gaussian_blur(image, sigma, kernel_size):
-    """Separable Gaussian blur with σ per call and reflected borders.
+    """Separable Gaussian blur of a square [S, S, 3] image, reflected borders.
 
-    Each 1-D pass is one [S, S] banded matrix times the image: on a CPU one matmul beats
-    depthwise_conv2d on a 3-channel image by ~4×. `kernel_size` follows SimCLR (10% of the
-    image side, made odd).
+    `kernel_size` follows SimCLR (10% of the side; radius kernel_size // 2). Each 1-D pass is
+    one [S, S] banded matrix times the image: on a CPU a matmul beats depthwise_conv2d on a
+    3-channel image several times over.
     """
-    radius = kernel_size // 2
-    size = image.shape[0]
+    size, radius = image.shape[0], kernel_size // 2
     if radius < 1:
         return image
-    if image.shape[1] != size or size is None:
-        raise ValueError(f"gaussian_blur expects a square image of static size, got {image.shape}")
-    # Row i of the reflected-border operator: weights on source pixels, with taps that fall
-    # outside [0, size) folded back inside (reflect without repeating the edge pixel).
-    pos = tf.range(size, dtype=tf.float32)
-    taps = tf.range(-radius, radius + 1, dtype=tf.float32)
-    weights = tf.exp(-tf.square(taps) / (2.0 * tf.square(sigma)))
+    if size is None or image.shape[1] != size or radius >= size:
+        raise ValueError(f"gaussian_blur needs a static square image larger than the kernel, got {image.shape}")
+    taps = np.arange(-radius, radius + 1, dtype=np.float32)
+    weights = tf.exp(-(taps ** 2) / (2.0 * tf.square(sigma)))
     weights = weights / tf.reduce_sum(weights)
-    src = pos[:, None] + taps[None, :]  # [size, taps]
-    src = tf.abs(src)
-    src = tf.where(src > size - 1, 2.0 * (size - 1) - src, src)
-    operator = tf.reduce_sum(
-        tf.one_hot(tf.cast(src, tf.int32), size) * weights[None, :, None], axis=1)  # [size, size]
+    # operator[i, j] = Σ weights[t] over taps t whose reflected source pixel reflect(i + t) is j.
+    rows = np.repeat(np.arange(size), taps.size)
+    cols = np.abs(rows + np.tile(taps.astype(np.int64), size))
+    cols = np.where(cols > size - 1, 2 * (size - 1) - cols, cols)
+    operator = tf.scatter_nd(np.stack([rows, cols], 1), tf.tile(weights, [size]), [size, size])
     vertical = tf.reshape(operator @ tf.reshape(image, [size, -1]), [size, size, 3])
-    transposed = tf.transpose(vertical, [1, 0, 2])
-    both = tf.reshape(operator @ tf.reshape(transposed, [size, -1]), [size, size, 3])
-    return tf.transpose(both, [1, 0, 2])
+    both = operator @ tf.reshape(tf.transpose(vertical, [1, 0, 2]), [size, -1])
+    return tf.transpose(tf.reshape(both, [size, size, 3]), [1, 0, 2])
 
 
 def rotate(image, angle, fill_value=0.0):
-    """Rotate about the image centre by `angle` radians (bilinear; corners filled with fill_value)."""
+    """Rotate [H, W, 3] about its centre by `angle` radians (bilinear; corners get fill_value)."""
     shape = tf.shape(image)
     h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
     cy, cx = (h - 1.0) / 2.0, (w - 1.0) / 2.0
@@ -231,91 +261,92 @@ def random_apply(fn, p, u, image):
     return tf.cond(u < p, lambda: fn(image), lambda: image)
 
 
-# --- presets -------------------------------------------------------------------------------------
+# --- presets ---------------------------------------------------------------------------------------
 
-def simclr(image, image_size, seed, color_jitter_strength=1.0):
-    """SimCLR (Derm): resized crop, flip, jitter p=0.8, grayscale p=0.2, blur p=0.5 (σ∈[0.1, 2])."""
-    seeds = tf.random.experimental.stateless_split(seed, 4)
-    u = tf.random.stateless_uniform([4], seeds[0])
-    x = crop_and_resize(image, image_size, lambda h, w: resized_crop_window(h, w, seeds[1]))
-    x = _flip(x, u[0])
-    x = random_apply(lambda v: color_jitter(v, color_jitter_strength, seeds[2]), 0.8, u[1], x)
-    x = random_apply(to_grayscale, 0.2, u[2], x)
-    sigma = tf.random.stateless_uniform([], seeds[3], 0.1, 2.0)
-    x = random_apply(lambda v: gaussian_blur(v, sigma, image_size // 10), 0.5, u[3], x)
-    return tf.clip_by_value(x, 0.0, 1.0)
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """One recipe: how views are cut out (`window`, `flip`) and what happens to each afterwards.
 
-
-def chexpert_pretrain(image, image_size, seed, color_jitter_strength=1.0):
-    """CheXpert pretraining: resized crop, jitter s=0.5 (p=0.8), rotation U(−45°, 45°), flip; no blur.
-
-    `color_jitter_strength` scales the preset's own strength of 0.5.
+    `photometric(view, u, image_size, color_jitter_strength)` gets `num_draws` uniforms `u`.
     """
-    seeds = tf.random.experimental.stateless_split(seed, 3)
-    u = tf.random.stateless_uniform([3], seeds[0])
-    x = crop_and_resize(image, image_size, lambda h, w: resized_crop_window(h, w, seeds[1]))
-    x = random_apply(lambda v: color_jitter(v, 0.5 * color_jitter_strength, seeds[2]), 0.8, u[0], x)
-    x = rotate(x, math.radians(45.0) * (2.0 * u[1] - 1.0))
-    x = _flip(x, u[2])
+    window: str  # resized | random | center
+    flip: bool
+    num_draws: int
+    photometric: Callable
+
+
+def _simclr(x, u, image_size, strength):
+    """Jitter p=0.8, grayscale p=0.2, Gaussian blur p=0.5 with σ ~ U(0.1, 2)."""
+    x = random_apply(lambda v: color_jitter(v, strength, u[3:]), 0.8, u[0], x)
+    x = random_apply(to_grayscale, 0.2, u[1], x)
+    sigma = _lerp(0.1, 2.0, u[3 + COLOR_JITTER_DRAWS])
+    x = random_apply(lambda v: gaussian_blur(v, sigma, image_size // 10), 0.5, u[2], x)
     return tf.clip_by_value(x, 0.0, 1.0)
 
 
-def chexpert_finetune(image, image_size, seed, color_jitter_strength=1.0):
-    """CheXpert fine-tuning: rotation U(−20°, 20°), crop, flip p=0.5, brightness +U(−0.2, 0.2),
-    contrast ×U(0.8, 1.2), clip to [0, 1]. The whole image is rotated before cropping, so this
-    preset decodes the full image. `color_jitter_strength` is unused (no jitter here).
+def _chexpert_pretrain(x, u, image_size, strength):
+    """Jitter with s = 0.5·strength (p=0.8), then rotation U(−45°, 45°); no blur."""
+    x = random_apply(lambda v: color_jitter(v, 0.5 * strength, u[2:]), 0.8, u[0], x)
+    return tf.clip_by_value(rotate(x, math.radians(45.0) * (2.0 * u[1] - 1.0)), 0.0, 1.0)
+
+
+def _chexpert_finetune(x, u, image_size, strength):
+    """Rotation U(−20°, 20°), brightness +U(−0.2, 0.2), contrast ×U(0.8, 1.2), clip.
+
+    The rotation turns the cropped view about its centre (rather than the image before
+    cropping) so that JPEGs still decode only the crop window.
     """
-    del color_jitter_strength
-    seeds = tf.random.experimental.stateless_split(seed, 2)
-    u = tf.random.stateless_uniform([4], seeds[0])
-    full = decode_image(image) if image.dtype == tf.string else to_float_rgb(image)
-    x = rotate(full, math.radians(20.0) * (2.0 * u[0] - 1.0))
-    x = crop_and_resize(x, image_size, lambda h, w: random_crop_window(h, w, seeds[1]))
-    x = _flip(tf.clip_by_value(x, 0.0, 1.0), u[1])
-    x = x + 0.2 * (2.0 * u[2] - 1.0)
-    mean = tf.reduce_mean(x, axis=[0, 1])
-    x = (x - mean) * (0.8 + 0.4 * u[3]) + mean
+    x = tf.clip_by_value(rotate(x, math.radians(20.0) * (2.0 * u[0] - 1.0)), 0.0, 1.0)
+    x = tf.image.adjust_contrast(x + _lerp(-0.2, 0.2, u[1]), _lerp(0.8, 1.2, u[2]))
     return tf.clip_by_value(x, 0.0, 1.0)
 
 
-def crop_only(image, image_size, seed, color_jitter_strength=1.0):
-    """MICLe's partial augmentation: random resized crop and flip only."""
-    del color_jitter_strength
-    seeds = tf.random.experimental.stateless_split(seed, 2)
-    u = tf.random.stateless_uniform([], seeds[0])
-    x = crop_and_resize(image, image_size, lambda h, w: resized_crop_window(h, w, seeds[1]))
-    return tf.clip_by_value(_flip(x, u), 0.0, 1.0)
-
-
-def none(image, image_size, seed=None, color_jitter_strength=1.0):
-    """Evaluation: central 87.5% crop resized to the output size; deterministic."""
-    del seed, color_jitter_strength
-    return tf.clip_by_value(crop_and_resize(image, image_size, center_crop_window), 0.0, 1.0)
-
-
-def _flip(image, u):
-    return tf.cond(u < 0.5, lambda: tf.reverse(image, axis=[1]), lambda: image)
+def _clip_only(x, u, image_size, strength):
+    return tf.clip_by_value(x, 0.0, 1.0)
 
 
 PRESETS = {
-    "simclr": simclr,
-    "chexpert_pretrain": chexpert_pretrain,
-    "chexpert_finetune": chexpert_finetune,
-    "crop_only": crop_only,
-    "none": none,
+    # SimCLR (Derm): random resized crop, flip, jitter, grayscale, blur.
+    "simclr": Preset("resized", True, 3 + COLOR_JITTER_DRAWS + 1, _simclr),
+    # CheXpert pretraining: crop, jitter s=0.5, rotation up to 45°, flip; no blur.
+    "chexpert_pretrain": Preset("resized", True, 2 + COLOR_JITTER_DRAWS, _chexpert_pretrain),
+    # CheXpert fine-tuning: crop (87.5% of the shorter side), flip p=0.5, rotation, brightness, contrast.
+    "chexpert_finetune": Preset("random", True, 3, _chexpert_finetune),
+    # MICLe "partial augmentation": random resized crop (and flip) only.
+    "crop_only": Preset("resized", True, 0, _clip_only),
+    # Evaluation: central 87.5% crop, resized; deterministic.
+    "none": Preset("center", False, 0, _clip_only),
 }
 
 
-def get_preset(name: str) -> Callable:
+def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown augmentation {name!r}; expected one of {', '.join(PRESETS)}")
     return PRESETS[name]
 
 
-def augment(image, preset: str, image_size: int, seed, color_jitter_strength: float = 1.0) -> tf.Tensor:
-    """One augmented view: float32 [image_size, image_size, 3] in [0, 1].
+def augment_views(image, preset: str, image_size: int, seed, num_views: int = 1,
+                  color_jitter_strength: float = 1.0) -> tf.Tensor:
+    """`num_views` independent augmentations of one image: float32 [num_views, S, S, 3] in [0, 1].
 
-    `image` is encoded bytes or a decoded [H, W, C] tensor; `seed` is a stateless seed (shape [2]).
+    `image` is encoded bytes or a decoded [H, W, C] tensor; `seed` a stateless seed (shape [2]).
     """
-    seed = tf.convert_to_tensor(seed)
-    return get_preset(preset)(image, image_size, seed, color_jitter_strength)
+    recipe = get_preset(preset)
+    u = tf.random.stateless_uniform([num_views, CROP_DRAWS + 1 + recipe.num_draws], seed)
+    crop_u, flip_u, photo_u = u[:, :CROP_DRAWS], u[:, CROP_DRAWS], u[:, CROP_DRAWS + 1:]
+    if recipe.window == "resized":
+        window_fn = lambda h, w: resized_crop_windows(h, w, crop_u)  # noqa: E731
+    elif recipe.window == "random":
+        window_fn = lambda h, w: random_crop_windows(h, w, crop_u)  # noqa: E731
+    else:
+        window_fn = lambda h, w: center_crop_windows(h, w, num_views)  # noqa: E731
+    flips = flip_u < 0.5 if recipe.flip else tf.zeros([num_views], tf.bool)
+    views = crop_resize_flip(image, image_size, window_fn, flips)
+    return tf.stack([
+        recipe.photometric(views[v], photo_u[v], image_size, color_jitter_strength)
+        for v in range(num_views)])
+
+
+def augment(image, preset: str, image_size: int, seed, color_jitter_strength: float = 1.0) -> tf.Tensor:
+    """One augmented view of `image`: float32 [image_size, image_size, 3] in [0, 1]."""
+    return augment_views(image, preset, image_size, seed, 1, color_jitter_strength)[0]

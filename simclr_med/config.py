@@ -15,7 +15,7 @@ from simclr_med.errors import ConfigError
 @dataclasses.dataclass
 class Config:
     # What to do.
-    mode: str = "train"  # train | eval | train_then_eval | export
+    mode: str = "train"  # train | eval | train_then_eval | export | sweep
     train_mode: str = "pretrain"  # pretrain | finetune | lineareval
     method: str = "simclr"  # simclr | micle (pretrain only)
 
@@ -72,13 +72,18 @@ class Config:
     skip_nonfinite_steps: int = 0
     verbose: int = 1
 
+    # Fine-tuning grid (--mode=sweep); empty = the paper's grid.
+    sweep_learning_rates: str = ""
+    sweep_weight_decays: str = ""
+
     def validate(self) -> "Config":
         """Reject contradictory settings up front, with the flag named, rather than deep in TF."""
         def need(cond, msg):
             if not cond:
                 raise ConfigError(msg)
 
-        need(self.mode in ("train", "eval", "train_then_eval", "export"), f"--mode={self.mode!r} is not one of train, eval, train_then_eval, export")
+        need(self.mode in ("train", "eval", "train_then_eval", "export", "sweep"), f"--mode={self.mode!r} is not one of train, eval, train_then_eval, export, sweep")
+        need(self.mode != "sweep" or self.train_mode != "pretrain", "--mode=sweep tunes fine-tuning: use --train_mode=finetune or lineareval")
         need(self.train_mode in ("pretrain", "finetune", "lineareval"), f"--train_mode={self.train_mode!r} is not one of pretrain, finetune, lineareval")
         need(self.method in ("simclr", "micle"), f"--method={self.method!r} is not one of simclr, micle")
         need(self.method == "simclr" or self.train_mode == "pretrain", "--method=micle only applies to --train_mode=pretrain")
@@ -98,6 +103,17 @@ class Config:
         need(self.train_steps > 0 or self.train_epochs > 0, "set --train_steps or --train_epochs")
         need(self.mode == "eval" or self.mode == "export" or bool(self.model_dir), "--model_dir is required")
         return self
+
+    def sweep_grid(self) -> dict:
+        """Keyword arguments for `sweep.sweep` from the comma-separated grid flags."""
+        grid = {}
+        for name, text in (("learning_rates", self.sweep_learning_rates), ("weight_decays", self.sweep_weight_decays)):
+            if text:
+                try:
+                    grid[name] = [float(x) for x in text.split(",")]
+                except ValueError:
+                    raise ConfigError(f"--sweep_{name}={text!r} is not a comma-separated list of numbers") from None
+        return grid
 
     def scaled_learning_rate(self) -> float:
         """Base LR scaled by batch size as in SimCLR (linear: ×B/256, sqrt: ×√B)."""

@@ -70,9 +70,12 @@ def _demo_dirs(data_dir) -> tuple[Path, Path]:
         try:
             write_demo_cases(tmp)
             tmp.rename(manual)  # atomic: an interrupted write never looks complete
+        except OSError:
+            if not (manual / "cases.csv").is_file():  # not merely another process finishing first
+                raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    elif not (manual / "cases.csv").is_file():
+    if not (manual / "cases.csv").is_file():
         raise DataError(f"{manual} exists but holds no cases.csv; delete it to let the demo rewrite it")
     return root / "demo_tfds", manual
 
@@ -99,8 +102,8 @@ def builder_for(name: str, data_dir, manual_dir=None) -> tfds.core.DatasetBuilde
                             f"use another data_dir, or delete {builder.data_path} to rebuild")
         return builder
     if not manual_dir:
-        raise DataError(f"{name} is not built under {builder.data_dir}; pass manual_dir (the folder of the "
-                        f"download): {' '.join(builder.MANUAL_DOWNLOAD_INSTRUCTIONS.split())}")
+        raise DataError(f"{name} is not built under {data_dir or tfds.core.constants.DATA_DIR}; pass manual_dir "
+                        f"(the folder of the download): {' '.join(builder.MANUAL_DOWNLOAD_INSTRUCTIONS.split())}")
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
     return builder
 
@@ -149,7 +152,8 @@ def _label_index(builder, split: str, kind: str, policy: str):
     return case_ids.astype(str), labels, mask, n
 
 
-def select_cases(case_ids, labels, label_mask, fraction: float, seed: int, class_names, where: str = "") -> np.ndarray:
+def select_cases(case_ids, labels, label_mask, fraction: float, seed: int, class_names,
+                 where: str = "the split") -> np.ndarray:
     """Per-example keep mask for a `fraction` of the cases (patients), stratified by label.
 
     Whole cases are kept or dropped. Cases are grouped by label (multi-label: by which classes

@@ -135,21 +135,27 @@ def _evaluate_classifier(cfg: Config, strategy, model=None) -> dict:
     return result
 
 
-def _evaluate_pretrain(cfg: Config, strategy, model=None) -> dict:
-    """Contrastive loss/accuracy on the eval split: a quick health check of a pretraining run."""
+def contrastive_scores(cfg: Config, model) -> dict:
+    """Contrastive loss/accuracy of `model` on the eval split (fixed augmentation seed)."""
     ds, meta = _load(cfg, cfg.dataset, cfg.eval_split)
-    if model is None:
-        with strategy.scope():
-            model = build.contrastive_model(cfg, num_train_examples=meta.num_examples)
-    path, step = _restore_for_eval(cfg, model)
-    batch = min(cfg.eval_batch_size, max(2, meta.num_images))
-    steps = max(1, min(20, meta.num_images // batch))
+    per_batch = meta.num_examples if cfg.method == "micle" else meta.num_images
+    batch = min(cfg.eval_batch_size, cfg.train_batch_size, max(2, per_batch))
+    steps = max(1, min(20, per_batch // batch))
     data = pipelines.pretrain_dataset(ds, method=cfg.method, batch_size=batch, image_size=cfg.image_size,
                                       augmentation=cfg.augmentation, seed=cfg.seed + 1,
                                       color_jitter_strength=cfg.color_jitter_strength)
     logs = model.evaluate(data, steps=steps, return_dict=True, verbose=0)
-    result = {**{k: float(v) for k, v in logs.items()}, "global_step": step, "checkpoint": path,
-              "split": cfg.eval_split, "num_batches": steps, "batch_size": batch}
+    return {**{k: float(v) for k, v in logs.items()}, "split": cfg.eval_split, "num_batches": steps,
+            "batch_size": batch}
+
+
+def _evaluate_pretrain(cfg: Config, strategy, model=None) -> dict:
+    """Contrastive loss/accuracy on the eval split: a quick health check of a pretraining run."""
+    if model is None:
+        with strategy.scope():
+            model = build.contrastive_model(cfg, num_train_examples=1)
+    path, step = _restore_for_eval(cfg, model)
+    result = {**contrastive_scores(cfg, model), "global_step": step, "checkpoint": path}
     _write_json(os.path.join(cfg.model_dir, "result.json"), result)
     _write_json(os.path.join(cfg.model_dir, f"result_{step}.json"), result)
     return result

@@ -15,10 +15,12 @@ import json
 import os
 from collections.abc import Mapping
 
-import numpy as np
 import keras
+import numpy as np
 import tensorflow as tf
 from sklearn.metrics import roc_auc_score
+
+from simclr_med.errors import DataError
 
 DEFAULT_SIZES = {"S": 10, "M": 100, "F": None}  # examples per class; None = all
 
@@ -188,16 +190,16 @@ def _fit_sklearn(x_tr, y_tr, num_classes, *, seed, max_iter):
 def _check(x, y, what):
     x = np.asarray(x)
     y = np.asarray(y)
-    if x.ndim != 2:
-        raise ValueError(f"{what}: embeddings must be [N, D], got shape {x.shape}")
+    if x.ndim != 2 or len(x) == 0:
+        raise DataError(f"{what}: embeddings must be [N, D] with N > 0, got shape {x.shape}")
     if y.ndim != 1 or len(y) != len(x):
-        raise ValueError(f"{what}: labels must be [N] with N={len(x)}, got shape {y.shape}")
+        raise DataError(f"{what}: labels must be [N] with N={len(x)}, got shape {y.shape}")
     if not np.all(np.isfinite(x)):
-        raise ValueError(f"{what}: embeddings contain NaN or inf (row {int(np.argwhere(~np.isfinite(x))[0, 0])})")
+        raise DataError(f"{what}: embeddings contain NaN or inf (row {int(np.argwhere(~np.isfinite(x))[0, 0])})")
     if y.dtype.kind == "f" and not np.all(y == np.round(y)):
-        raise ValueError(f"{what}: labels must be integer class indices")
+        raise DataError(f"{what}: labels must be integer class indices")
     if len(y) and y.min() < 0:
-        raise ValueError(f"{what}: labels must be >= 0, found {int(y.min())}")
+        raise DataError(f"{what}: labels must be >= 0, found {int(y.min())}")
     return x.astype(np.float32), y.astype(np.int64)
 
 
@@ -266,15 +268,15 @@ def run_protocol(
 def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     """`embeddings` [N, D] and `labels` [N] from an .npz file, with the file named on errors."""
     if not os.path.isfile(path):
-        raise ValueError(f"{path}: no such file")
+        raise DataError(f"{path}: no such file")
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as e:  # noqa: BLE001 — any unreadable file gets the same one-line error
-        raise ValueError(f"{path}: not a readable .npz file ({e})") from None
+        raise DataError(f"{path}: not a readable .npz file ({e})") from None
     with data:
         missing = [k for k in ("embeddings", "labels") if k not in data.files]
         if missing:
-            raise ValueError(f"{path}: missing array(s) {missing}; found {data.files}")
+            raise DataError(f"{path}: missing array(s) {missing}; found {data.files}")
         return _check(data["embeddings"], data["labels"], path)
 
 

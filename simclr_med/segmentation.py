@@ -12,7 +12,8 @@ import keras
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from simclr_med.resnet import build_resnet
+from simclr_med import checkpoints
+from simclr_med.errors import ConfigError, DataError
 from simclr_med.unet import DEFAULT_DECODER_FILTERS, Dice, DiceLoss, UNet, load_encoder_weights
 from tfds_builders.seg_masks import SegMasks
 
@@ -22,12 +23,15 @@ def _builder(data_dir: str, manual_dir: str | None) -> SegMasks:
     builder = SegMasks(data_dir=data_dir)
     if not builder.is_prepared():
         if not manual_dir:
-            raise ValueError(f"seg_masks is not built in {data_dir}; pass manual_dir (images/, masks/)")
+            raise DataError(f"seg_masks is not built in {data_dir}; pass manual_dir (images/, masks/)")
+        if not os.path.isdir(manual_dir):
+            raise DataError(f"{manual_dir}: manual dir not found (expected images/ and masks/ in it)")
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     return builder
 
 
 def num_examples(split: str, data_dir: str, manual_dir: str | None = None) -> int:
+    """Size of a split, from the builder's metadata."""
     return _builder(data_dir, manual_dir).info.splits[split].num_examples
 
 
@@ -68,32 +72,13 @@ def load_segmentation(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _load_encoder(unet: UNet, source, depth: int, width_multiplier: int) -> None:
-    """Initialise the U-Net's encoder from a keras encoder, a `.weights.h5` file or a checkpoint."""
+def load_pretrained_encoder(unet: UNet, source) -> None:
+    """Initialise the U-Net's encoder from a keras encoder (or a model with an `encoder`), or from
+    a path `checkpoints.load_encoder` accepts (run dir, checkpoint prefix, Keras weights file)."""
     if isinstance(source, keras.Model):
         load_encoder_weights(unet, source)
-        return
-    path = os.fspath(source)
-    if path.endswith(".weights.h5"):
-        encoder = build_resnet(depth, width_multiplier)
-        try:
-            encoder.load_weights(path)
-        except Exception as e:  # noqa: BLE001 — h5py/keras raise many types
-            raise ValueError(f"{path}: cannot load encoder weights ({e})") from None
-        load_encoder_weights(unet, encoder)
-        return
-    if os.path.isdir(path):
-        latest = tf.train.latest_checkpoint(path)
-        if latest is None:
-            raise ValueError(f"{path}: no checkpoint in this directory")
-        path = latest
-    # The checkpoint contract: every model exposes its ResNet as `encoder`.
-    try:
-        status = tf.train.Checkpoint(model=tf.train.Checkpoint(encoder=unet.encoder)).restore(path)
-        status.expect_partial().assert_existing_objects_matched()
-    except (tf.errors.OpError, AssertionError, ValueError) as e:
-        raise ValueError(f"{path}: no depth-{depth} encoder in this checkpoint "
-                         f"({str(e).splitlines()[0][:200]})") from None
+    else:
+        checkpoints.load_encoder(unet.encoder, os.fspath(source))
 
 
 def train_segmentation(
@@ -106,11 +91,11 @@ def train_segmentation(
     """Train a U-Net for `steps` steps (Adam) and return {"dice", "loss", ...} on the test split.
 
     `encoder_checkpoint`: None (random init), a keras encoder from `build_resnet`, a
-    `.weights.h5` file, or a checkpoint (prefix or model dir). With `model_dir`, the final
+    `.weights.h5` file, or a checkpoint (prefix or run dir) with the model's `encoder`. With `model_dir`, the final
     weights go to `model_dir/ckpt-<steps>` and the result to `model_dir/result.json`.
     """
     if image_size % 32:
-        raise ValueError(f"image_size={image_size} must be divisible by 32 for the U-Net")
+        raise ConfigError(f"image_size={image_size} must be divisible by 32 for the U-Net")
     keras.utils.set_random_seed(seed)
     train_ds = load_segmentation("train", data_dir, manual_dir, image_size, batch_size, training=True,
                                  num_classes=num_classes, seed=seed)
@@ -118,10 +103,14 @@ def train_segmentation(
                                 num_classes=num_classes)
     unet = UNet(depth, width_multiplier, num_classes, decoder_filters=decoder_filters)
     if encoder_checkpoint is not None:
-        _load_encoder(unet, encoder_checkpoint, depth, width_multiplier)
+        load_pretrained_encoder(unet, encoder_checkpoint)
+    # Variables created inside the first trace of the train step force a second trace, which
+    # costs as much as the first; building the model and optimizer up front avoids it.
+    unet(tf.zeros((1, image_size, image_size, 3)))
     optimizer = keras.optimizers.Adam(learning_rate)
+    optimizer.build(unet.trainable_variables)
     unet.compile(optimizer=optimizer, loss=DiceLoss(crossentropy_weight), metrics=[Dice()])
-    history = unet.fit(train_ds, steps_per_epoch=steps, epochs=1, verbose=verbose)
+    history = unet.fit(train_ds, steps_per_epoch=steps, epochs=1, verbose=verbose, shuffle=False)
     scores = unet.evaluate(test_ds, return_dict=True, verbose=verbose)
     result = {
         "dice": float(scores["dice"]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from simclr_med.errors import CheckpointError
 from simclr_med.resnet import build_resnet, stage_output_names
 
 DEFAULT_DECODER_FILTERS = (256, 128, 64, 32, 16)
@@ -90,7 +91,7 @@ def load_encoder_weights(unet: UNet, source: keras.Model) -> int:
     dst = {l.name: l for l in target.layers if l.weights}
     if src.keys() != dst.keys():
         extra, missing = sorted(src.keys() - dst.keys()), sorted(dst.keys() - src.keys())
-        raise ValueError(
+        raise CheckpointError(
             f"encoder {source.name!r} does not match the U-Net's (depth {unet.depth}): "
             f"layers only in the source {extra[:5]}, only in the U-Net {missing[:5]}")
     for name, layer in src.items():
@@ -98,8 +99,8 @@ def load_encoder_weights(unet: UNet, source: keras.Model) -> int:
         shapes = [tuple(v.shape) for v in values]
         expected = [tuple(w.shape) for w in dst[name].weights]
         if shapes != expected:
-            raise ValueError(f"encoder layer {name!r}: source weights {shapes} vs U-Net {expected} "
-                             "(width multiplier mismatch?)")
+            raise CheckpointError(f"encoder layer {name!r}: source weights {shapes} vs U-Net {expected} "
+                             "(different width or input channels?)")
         dst[name].set_weights(values)
     return len(src)
 

@@ -1,4 +1,4 @@
-"""Shared test setup: quiet TensorFlow, the repo root importable, the `slow` marker."""
+"""Shared test setup: quiet TensorFlow, the repo root importable, a built demo dataset."""
 import os
 import sys
 
@@ -8,13 +8,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pytest  # noqa: E402
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes more than a few seconds (deselect with -m 'not slow')")
+@pytest.fixture(scope="session")
+def demo_data_dir(tmp_path_factory):
+    """A TFDS data dir with the `demo` dataset built once per session (~3 s):
+    `datasets.load("demo", split, data_dir=demo_data_dir)`."""
+    from simclr_med import datasets
 
-
-@pytest.fixture
-def data_dir(tmp_path):
-    """An empty TFDS data dir of the test's own."""
-    path = tmp_path / "tfds"
-    path.mkdir()
+    path = tmp_path_factory.mktemp("demo_data")
+    datasets.builder_for("demo", path)
     return path

@@ -3,6 +3,9 @@ import ast
 import csv
 import math
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +14,9 @@ import tensorflow_datasets as tfds
 from simclr_med import datasets, fixtures
 from simclr_med.errors import DataError
 from tfds_builders import common
-from tfds_builders.cxr_labels import CHEXPERT_HEADER, CHEXPERT_LABELS, CHEXPERT_TASKS, NIH_FOR_CHEXPERT, NIH_LABELS
+from tfds_builders.__main__ import main as cli_main
+from tfds_builders.cxr_labels import CHEXPERT_LABELS, CHEXPERT_TASKS, NIH_FOR_CHEXPERT, NIH_LABELS
+from tfds_builders.derm_cases.derm_cases_dataset_builder import DermConfig
 from tfds_builders.derm_cases.layouts import DERM_CONDITIONS
 
 CXR_SPLITS = ("train", "validation", "test")
@@ -37,6 +42,15 @@ def rewrite_csv(path, edit):
         records = list(csv.reader(f))
     with open(path, "w", newline="") as f:
         csv.writer(f).writerows(edit(records))
+
+
+def set_cell(path, row, column, value):
+    """Sets one cell; `row` counts the header as row 1, `column` is a header name or an index."""
+    def edit(records):
+        j = records[0].index(column) if isinstance(column, str) else column
+        records[row - 1][j] = value
+        return records
+    rewrite_csv(path, edit)
 
 
 def build_error(name, manual, data_dir) -> str:
@@ -130,6 +144,16 @@ def test_scin_joins_on_string_case_id_and_maps_labels(tmp_path):
                for exs in examples(builder).values() for ex in exs}
         assert got == expected
         assert any("1 case(s)" in n for n in builder.info.metadata["notes"])
+
+
+def test_scin_label_list_is_configurable(tmp_path):
+    manual = fixtures.write_scin(tmp_path / "scin")
+    config = DermConfig(name="scin_eczema", layout="scin", class_names=("Eczema", "Other"))
+    builder = tfds.builder("derm_cases", config=config, data_dir=tmp_path / "t")
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
+    got = {ex["case_id"].decode(): builder.info.features["label"].names[ex["label"]]
+           for exs in examples(builder).values() for ex in exs}
+    assert got == {c: ("Eczema" if label == "Eczema" else "Other") for c, (label, _) in _scin_expected(manual).items()}
 
 
 def test_ham10000_groups_images_by_lesion(tmp_path):
@@ -226,6 +250,21 @@ def test_nih_examples_match_csv_and_lists(tmp_path, split_dirs, old_csv):
         assert implausible and builder.info.metadata["notes"][0].startswith(f"{implausible} row(s)")
 
 
+# --- command line -----------------------------------------------------------------------------
+
+def test_command_line_builds_what_load_reuses(tmp_path, capsys):
+    manual = fixtures.write_generic_cases(tmp_path / "m")
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "tfds_builders", "derm_cases/generic", "--manual_dir", str(manual),
+                           "--data_dir", str(tmp_path / "t")], cwd=repo, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "derm_cases/generic ready in" in done.stdout
+    assert datasets.load("derm_cases/generic", "train", data_dir=tmp_path / "t")[1].num_examples > 0
+    assert cli_main(["chexpert_v1", "--manual_dir", str(manual), "--data_dir", str(tmp_path / "t")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: CheXpert train.csv not found") and err.count("\n") == 1
+
+
 # --- errors -----------------------------------------------------------------------------------
 
 def _first_row(manual, predicate):
@@ -245,9 +284,11 @@ def test_missing_csv_and_missing_manual_dir(tmp_path):
     manual = fixtures.write_generic_cases(tmp_path / "m")
     (manual / "cases.csv").unlink()
     assert "cases.csv not found under" in build_error("derm_cases/generic", manual, tmp_path / "t")
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    assert "CheXpert train.csv not found" in build_error("chexpert_v1", empty, tmp_path / "t")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert "does not exist or is empty" in build_error("chexpert_v1", folder, tmp_path / "t")
+    (folder / "README.txt").write_text("not CheXpert")
+    assert "CheXpert train.csv not found" in build_error("chexpert_v1", folder, tmp_path / "t")
     assert "is not a directory" in build_error("chexpert_v1", tmp_path / "nope", tmp_path / "t")
     assert "pass manual_dir" in build_error("nih_chestxray14", None, tmp_path / "t")
 
@@ -308,24 +349,25 @@ def test_empty_image_in_chexpert_fails(tmp_path):
 
 def test_bad_values_name_file_and_row(tmp_path):
     ham = fixtures.write_ham10000(tmp_path / "ham")
-    rewrite_csv(ham / "HAM10000_metadata.csv", lambda rs: rs[:3] + [rs[3][:2] + ["xyz"] + rs[3][3:]] + rs[4:])
+    lesion = read_rows(ham / "HAM10000_metadata.csv")[1]["lesion_id"]  # all its rows: an unknown dx
+    rewrite_csv(ham / "HAM10000_metadata.csv", lambda rs: [r[:2] + ["xyz"] + r[3:] if r[0] == lesion else r for r in rs])
     msg = build_error("derm_cases/ham10000", ham, tmp_path / "t")
-    assert "HAM10000_metadata.csv row 4" in msg and "'xyz'" in msg
+    first = next(i for i, r in enumerate(read_rows(ham / "HAM10000_metadata.csv"), 2) if r["lesion_id"] == lesion)
+    assert f"HAM10000_metadata.csv row {first}: unknown label 'xyz'" in msg
 
     cx = fixtures.write_chexpert(tmp_path / "cx")
-    edema = list(CHEXPERT_HEADER).index("Edema")
-    rewrite_csv(cx / "CheXpert-v1.0-small/train.csv",
-                lambda rs: rs[:5] + [rs[5][:edema] + ["2.0"] + rs[5][edema + 1:]] + rs[6:])
+    set_cell(cx / "CheXpert-v1.0-small/train.csv", 6, "Edema", "2.0")
     assert "train.csv row 6: column 'Edema' has '2.0'" in build_error("chexpert_v1", cx, tmp_path / "t")
 
     nih = fixtures.write_nih(tmp_path / "nih")
-    rewrite_csv(nih / "Data_Entry_2017_v2020.csv", lambda rs: rs[:2] + [[rs[2][0], "Edema|Flu"] + rs[2][2:]] + rs[3:])
+    set_cell(nih / "Data_Entry_2017_v2020.csv", 3, "Finding Labels", "Edema|Flu")
     msg = build_error("nih_chestxray14", nih, tmp_path / "t")
     assert "Data_Entry_2017_v2020.csv row 3: unknown finding 'Flu'" in msg
 
     scin = fixtures.write_scin(tmp_path / "scin")
-    rewrite_csv(scin / "dataset/scin_labels.csv", lambda rs: rs[:2] + [rs[2][:4] + ["{'Eczema': "] + rs[2][5:]] + rs[3:])
-    assert "scin_labels.csv row 3: weighted_skin_condition_label" in build_error("derm_cases/scin", scin, tmp_path / "t")
+    set_cell(scin / "dataset/scin_labels.csv", 3, "weighted_skin_condition_label", "{'Eczema': ")
+    msg = build_error("derm_cases/scin", scin, tmp_path / "t")
+    assert "scin_labels.csv row 3: weighted_skin_condition_label" in msg
 
 
 def test_nih_image_outside_the_official_lists(tmp_path):
@@ -339,7 +381,7 @@ def test_nih_image_outside_the_official_lists(tmp_path):
 def test_path_escaping_the_manual_dir(tmp_path):
     manual = fixtures.write_generic_cases(tmp_path / "m")
     shutil.copy(manual / read_rows(manual / "cases.csv")[0]["image_path"], tmp_path / "outside.png")
-    rewrite_csv(manual / "cases.csv", lambda rs: rs[:2] + [[rs[2][0], "../outside.png"] + rs[2][2:]] + rs[3:])
+    set_cell(manual / "cases.csv", 3, "image_path", "../outside.png")
     assert "cases.csv row 3: image path '../outside.png' escapes the manual dir" in build_error(
         "derm_cases/generic", manual, tmp_path / "t")
 
@@ -360,7 +402,7 @@ def test_duplicated_rows_and_shared_images(tmp_path):
 def test_inconsistent_case_label_and_empty_split(tmp_path):
     manual = fixtures.write_generic_cases(tmp_path / "m")
     row, r = _first_row(manual, lambda r, rows: _images_of(rows, r["case_id"]) >= 2)
-    rewrite_csv(manual / "cases.csv", lambda rs: rs[: row] + [rs[row][:2] + ["psoriasis"] + rs[row][3:]] + rs[row + 1:])
+    set_cell(manual / "cases.csv", row + 1, "label", "psoriasis")
     msg = build_error("derm_cases/generic", manual, tmp_path / "t")
     assert f"cases.csv row {row + 1}: case '{r['case_id']}' has label 'psoriasis'" in msg
 

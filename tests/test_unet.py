@@ -11,9 +11,10 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import keras
+from simclr_med.errors import CheckpointError, DataError
 from simclr_med.fixtures_seg import write_seg_fixture
 from simclr_med.resnet import build_resnet, stage_output_names
-from simclr_med.segmentation import _load_encoder, load_segmentation, train_segmentation
+from simclr_med.segmentation import load_pretrained_encoder, load_segmentation, train_segmentation
 from simclr_med.unet import Dice, DiceLoss, UNet, dice_coefficient, load_encoder_weights
 from tfds_builders.seg_masks import SegMasks, SegMasksError
 
@@ -60,12 +61,32 @@ def test_encoder_weights_copied_exactly():
     np.testing.assert_allclose(unet.features(x)[-1], deepest(x), rtol=1e-5, atol=1e-5)
 
 
+def test_encoder_from_checkpoint_or_weights_file(tmp_path):
+    source = build_resnet(18)
+    rng = np.random.default_rng(1)
+    source.set_weights([rng.normal(size=w.shape).astype("float32") for w in source.get_weights()])
+    prefix = tf.train.Checkpoint(model=tf.train.Checkpoint(encoder=source)).save(str(tmp_path / "ckpt"))
+    source.save_weights(str(tmp_path / "enc.weights.h5"))
+    unet = UNet(18, decoder_filters=TINY)
+    for path in (prefix, str(tmp_path), str(tmp_path / "enc.weights.h5")):
+        unet.encoder.set_weights([np.zeros_like(w) for w in unet.encoder.get_weights()])
+        load_pretrained_encoder(unet, path)
+        for a, b in zip(source.get_weights(), unet.encoder.get_weights()):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(CheckpointError, match="not a run directory, checkpoint prefix"):
+        load_pretrained_encoder(unet, str(tmp_path / "missing-ckpt"))
+    gray = build_resnet(18, input_shape=(None, None, 1))
+    gray_prefix = tf.train.Checkpoint(model=tf.train.Checkpoint(encoder=gray)).save(str(tmp_path / "gray"))
+    with pytest.raises(CheckpointError, match="gray-1: does not fit this encoder"):
+        load_pretrained_encoder(unet, gray_prefix)
+
+
 def test_encoder_mismatch_is_rejected():
     unet = UNet(18, decoder_filters=TINY)
     with pytest.raises(ValueError, match="does not match"):
         load_encoder_weights(unet, build_resnet(34))
-    with pytest.raises(ValueError, match="width multiplier"):
-        load_encoder_weights(unet, build_resnet(18, 2))
+    with pytest.raises(ValueError, match=r"'stem_conv': source weights \[\(7, 7, 1, 64\)\]"):
+        load_encoder_weights(unet, build_resnet(18, input_shape=(None, None, 1)))
 
 
 # ----------------------------------------------------------------------------- Dice
@@ -126,8 +147,10 @@ def test_a_few_steps_lower_the_loss():
     images = np.repeat(masks, 3, axis=-1) * 0.8 + rng.uniform(0, 0.2, size=(4, 32, 32, 3))
     keras.utils.set_random_seed(0)
     unet = UNet(18, decoder_filters=TINY)
-    unet.compile(optimizer=keras.optimizers.Adam(1e-3), loss=DiceLoss(crossentropy_weight=1.0))
-    history = unet.fit(images.astype("float32"), masks, batch_size=4, epochs=8, verbose=0)
+    # Eager: four steps cost less than tracing the train step (the compiled path is run end to end below).
+    unet.compile(optimizer=keras.optimizers.Adam(1e-3), loss=DiceLoss(crossentropy_weight=1.0),
+                 run_eagerly=True)
+    history = unet.fit(images.astype("float32"), masks, batch_size=4, epochs=4, verbose=0)
     losses = history.history["loss"]
     assert losses[-1] < 0.9 * losses[0], losses
 
@@ -176,8 +199,12 @@ def test_builder_errors_name_the_file(tmp_path):
     with pytest.raises(SegMasksError, match=r"case003\.jpg: unreadable image"):
         _build(manual, tmp_path)
 
-    with pytest.raises(SegMasksError, match="folder not found"):
+    with pytest.raises(DataError, match="nowhere does not exist"):
         _build(tmp_path / "nowhere", tmp_path)
+
+    (manual / "masks").rename(tmp_path / "elsewhere")
+    with pytest.raises(SegMasksError, match=r"manual/masks: folder not found"):
+        _build(manual, tmp_path)
 
 
 # ----------------------------------------------------------------------------- pipeline + training
@@ -196,6 +223,8 @@ def test_load_segmentation_keeps_image_and_mask_aligned(seg_data):
 def test_load_segmentation_needs_manual_dir_once(tmp_path):
     with pytest.raises(ValueError, match="pass manual_dir"):
         load_segmentation("train", str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="nowhere: manual dir not found"):
+        load_segmentation("train", str(tmp_path / "empty"), str(tmp_path / "nowhere"))
 
 
 def test_train_segmentation_end_to_end(seg_data, tmp_path):
@@ -211,12 +240,10 @@ def test_train_segmentation_end_to_end(seg_data, tmp_path):
 
     # The run's checkpoint follows the contract: its encoder moves into a fresh U-Net.
     fresh, reference = UNet(18, decoder_filters=TINY), UNet(18, decoder_filters=TINY)
-    _load_encoder(fresh, model_dir, 18, 1)
+    load_pretrained_encoder(fresh, model_dir)
     tf.train.Checkpoint(model=reference).restore(tf.train.latest_checkpoint(model_dir)).expect_partial()
     for a, b in zip(fresh.encoder.get_weights(), reference.encoder.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert any(not np.array_equal(a, b) for a, b in zip(fresh.encoder.get_weights(), encoder.get_weights()))
-    with pytest.raises(ValueError, match="no depth-34 encoder"):
-        _load_encoder(UNet(34, decoder_filters=TINY), model_dir, 34, 1)
-    with pytest.raises(ValueError, match="no checkpoint"):
-        _load_encoder(fresh, str(tmp_path), 18, 1)
+    with pytest.raises(CheckpointError, match="directory holds no checkpoint"):
+        load_pretrained_encoder(fresh, str(tmp_path))

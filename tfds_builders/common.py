@@ -43,7 +43,7 @@ def first_existing(root: Path, candidates: Sequence[str], what: str) -> Path:
     for rel in candidates:
         if (root / rel).is_file():
             return root / rel
-    raise DataError(f"{what} not found under {root}: looked for {', '.join(candidates)}")
+    raise DataError(f"{' or '.join(candidates)} not found under {root} (the {what})")
 
 
 def read_csv(path: Path, *, header: Sequence[str] | None = None, required: Sequence[str] = (),
@@ -120,6 +120,8 @@ def check_image(data: bytes, where: str, shown: str) -> None:
             im.load()
     except UnreadableImage:
         raise
+    except Image.UnidentifiedImageError:
+        raise UnreadableImage(f"{where}: image {shown!r} is not an image file PIL can identify") from None
     except Exception as e:  # PIL raises many types for bad data  # noqa: BLE001
         raise UnreadableImage(f"{where}: image {shown!r} is corrupt or truncated ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:120]})") from None

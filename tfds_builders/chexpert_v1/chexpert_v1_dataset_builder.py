@@ -127,7 +127,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def source_files(self, manual_dir) -> list:
         """The download's index files; their fingerprint tells a rebuilt download apart."""
         csv_dir = locate(Path(manual_dir))
-        return [csv_dir / "train.csv", common.first_existing(csv_dir, ["valid.csv"], "CheXpert valid.csv")]
+        return [csv_dir / "train.csv", common.first_existing(csv_dir, ["valid.csv"], "official validation set")]
 
     def _split_generators(self, dl_manager):
         manual_dir = common.manual_dir_of(dl_manager, _INSTRUCTIONS)

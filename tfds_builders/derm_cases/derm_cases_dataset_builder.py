@@ -87,15 +87,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         assignment = common.split_groups({c.case_id: 1 for c in index.cases}, SPLITS, SPLIT_SEED,
                                          strata={c.case_id: c.label for c in index.cases})
         common.check_splits_nonempty(assignment, list(SPLITS), "cases", index.sources[0].name)
-        self.info.metadata.update(source_sha256=common.fingerprint(self.source_files(manual_dir)), notes=index.notes,
-                                  skipped_images=[], split_stats={})
-        return {split: self._generate_examples(split=split, cases=[by_id[k] for k, s in assignment.items()
-                                                                     if s == split])
-                for split in SPLITS}
+        self.info.metadata.update(source_sha256=common.fingerprint(self.source_files(manual_dir)),
+                                  notes=index.notes, skipped_images=[], split_stats={})
+        cases_of = {split: [by_id[k] for k, s in assignment.items() if s == split] for split in SPLITS}
+        return {split: self._generate_examples(split=split, cases=cases) for split, cases in cases_of.items()}
 
     def _generate_examples(self, split, cases):
-        """Reads and checks every image; a corrupt one is skipped (and reported) unless it is
-        the case's last."""
+        """Reads and checks every image: a corrupt one is skipped and reported, but a case with
+        no readable image stops the build (its label would be lost)."""
         jobs = [(path, where, image_id) for c in cases for image_id, path, where in c.images]
         results = common.read_images(jobs)
         stats = {"num_cases": 0, "num_images": 0, "max_images": 0}

@@ -231,7 +231,7 @@ READERS = {"generic": read_generic, "scin": read_scin, "ham10000": read_ham10000
 def source_files(layout: str, manual_dir: Path) -> list[Path]:
     """The index files of a download (what its fingerprint covers)."""
     if layout == "generic":
-        return [first_existing(manual_dir, [GENERIC_CSV], "the generic layout's index")]
+        return [first_existing(manual_dir, [GENERIC_CSV], "generic layout's index")]
     if layout == "ham10000":
         return [first_existing(manual_dir, [HAM_CSV], "HAM10000 metadata")]
     root = _scin_root(manual_dir)

@@ -1,4 +1,4 @@
-"""Generic image + mask segmentation dataset (TFDS builder `seg_masks`)."""
-from tfds_builders.seg_masks.seg_masks import SegMasks, SegMasksError
+"""`seg_masks`: paired images and segmentation masks from a manual dir."""
+from tfds_builders.seg_masks.seg_masks_dataset_builder import SegMasks, SegMasksError
 
 __all__ = ["SegMasks", "SegMasksError"]

@@ -18,13 +18,20 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from simclr_med.errors import DataError
+from tfds_builders import common
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+_INSTRUCTIONS = """
+Pass as manual_dir a folder with images/<name>.png|.jpg|.jpeg and masks/<name>.png (same stem and
+size; masks 0/255 or class indices).
+"""
 SPLIT_SEED = 0
 VALIDATION_FRACTION = 0.15
 TEST_FRACTION = 0.15
 
 
-class SegMasksError(ValueError):
+class SegMasksError(DataError):
     """A problem with the manual dir's files; the message names the file."""
 
 
@@ -119,7 +126,7 @@ class SegMasks(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
-    MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
@@ -134,7 +141,7 @@ class SegMasks(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        manual_dir = os.fspath(dl_manager.manual_dir)
+        manual_dir = os.fspath(common.manual_dir_of(dl_manager, _INSTRUCTIONS))
         pairs = pair_files(manual_dir)
         checked = {name: (image, mask) for name, image, mask in pairs}
         for name, (image_path, mask_path) in checked.items():  # fail before writing anything
