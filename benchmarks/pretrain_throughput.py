@@ -105,11 +105,15 @@ def demo_pipeline(method: str, batch_size: int, image_size: int, data_dir: str):
 
 # --- timing -----------------------------------------------------------------------------------
 
-def time_train_function(model, dataset, strategy, *, steps: int, warmup: int) -> list[float]:
-    """Wall time of each of `steps` calls of the compiled train function, after `warmup` calls.
+def time_train_function(model, dataset, strategy, *, steps: int, warmup: int) -> dict:
+    """Times `steps` calls of the compiled train function after `warmup` calls.
 
     Each call runs `steps_per_execution` steps; reading the loss back blocks until it finished.
+    Returns wall times per call, process CPU seconds per call (less sensitive to other processes
+    on the machine than wall time) and the RSS growth over the timed calls (a leak shows here).
     """
+    import time
+
     from benchmarks import common
 
     model.make_train_function()
@@ -119,7 +123,11 @@ def time_train_function(model, dataset, strategy, *, steps: int, warmup: int) ->
         logs = model.train_function(iterator)
         return float(logs["contrast_loss"])
 
-    return common.time_repeated(one_call, repeats=steps, warmup=warmup)
+    common.time_repeated(one_call, repeats=warmup)
+    rss_before, cpu_before = common.current_rss_gib(), time.process_time()
+    times = common.time_repeated(one_call, repeats=steps)
+    return {"times": times, "cpu_s": (time.process_time() - cpu_before) / steps,
+            "rss_growth_gib": common.current_rss_gib() - rss_before}
 
 
 def run(args) -> list[dict]:
@@ -148,7 +156,8 @@ def run(args) -> list[dict]:
             dataset = demo_pipeline(method, args.batch_size, args.image_size, data_dir)
         else:
             dataset = synthetic_dataset(args.batch_size, args.image_size)
-        times = time_train_function(model, dataset, strategy, steps=args.steps, warmup=args.warmup)
+        timing = time_train_function(model, dataset, strategy, steps=args.steps, warmup=args.warmup)
+        times = timing["times"]
         step_s = common.median(times) / args.steps_per_execution
         views = 2 * args.batch_size
         results.append({
@@ -161,11 +170,15 @@ def run(args) -> list[dict]:
             "views_per_s": views / step_s, "step_s": step_s,
             "step_s_min": min(times) / args.steps_per_execution,
             "step_s_max": max(times) / args.steps_per_execution,
+            # Best step: the least disturbed by other processes on a shared machine.
+            "views_per_s_best": views * args.steps_per_execution / min(times),
+            "cpu_s_per_step": timing["cpu_s"] / args.steps_per_execution,
             "train_gflop_per_view": 3 * flops_fwd / 1e9,
             "achieved_gflops": 3 * flops_fwd * views / step_s / 1e9,
             "target_views_per_s": TARGET_VIEWS_PER_S, "reference_views_per_s": REFERENCE_VIEWS_PER_S,
             # Process-wide high-water mark so far (taken before the matmul probe's buffers).
             "peak_rss_gib": common.peak_rss_gib(), "reference_peak_rss_gib": REFERENCE_PEAK_RSS_GIB,
+            "rss_growth_gib": timing["rss_growth_gib"],
         })
         del model
     peak = args.peak_gflops or measure_peak()

@@ -6,8 +6,9 @@ subsets); one forward pass per (source, dataset, split), kept on disk, serves th
 A source is a simclr-med run directory or checkpoint prefix (depth/width read from the run's
 `flags_*.json`), an exported SavedModel (its `serving_default` is fed the decoded uint8 images,
 so its own preprocessing applies), or a Keras `.keras` / `.weights.h5` encoder file.
-Rows follow the evaluator: multi-class rows are cases (embeddings averaged over the case's
-images, as in predictions.npz); multi-label rows are images (a patient's studies can differ).
+Run and Keras sources see the evaluator's input (augmentation "none"). Rows follow the evaluator:
+multi-class rows are cases (embeddings averaged over the case's images, as in predictions.npz);
+multi-label rows are images, with `image_ids` (a patient's studies can differ in labels).
 
     python -m simclr_med.embeddings --source runs/demo_pretrain --dataset demo --split train \
         --data_dir /tmp/tfds --output emb_train.npz
@@ -25,7 +26,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from simclr_med import checkpoints, datasets, metrics, pipelines, resnet
+from simclr_med import augment, checkpoints, datasets, metrics, resnet
 from simclr_med.errors import CheckpointError, DataError, SimclrMedError
 
 log = logging.getLogger(__name__)
@@ -84,82 +85,71 @@ def resolve_source(path: str, *, image_size: int | None = None, resnet_depth: in
     return Source("checkpoint", prefix, int(size), int(depth), int(width))
 
 
-def _encoder_rows(source: Source, ds, meta, batch_size: int) -> dict:
-    """Per-image rows through the evaluation pipeline (the same crops the evaluator scores)."""
+def _image_rows(ds) -> tf.data.Dataset:
+    """One element per image in the split's order; deterministic, so a cache is reproducible."""
+    def unbag(ex):
+        n = tf.shape(ex["images"])[0]
+        row = {"image": ex["images"], "image_ids": ex["image_ids"], "case_ids": tf.fill([n], ex["case_id"])}
+        for key in ("label", "labels", "label_mask"):
+            if key in ex:
+                row[key] = tf.repeat(ex[key][tf.newaxis], n, axis=0)
+        return tf.data.Dataset.from_tensor_slices(row)
+
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.flat_map(unbag).with_options(options)
+
+
+def _encoder_rows(source: Source, rows: tf.data.Dataset, batch_size: int) -> list[dict]:
+    """Embeddings of the evaluation crop (augmentation "none"), the input the evaluator scores."""
     encoder = resnet.build_resnet(source.resnet_depth, source.width_multiplier)
     checkpoints.load_encoder(encoder, source.path)
     embed = tf.function(lambda x: tf.cast(encoder(x, training=False), tf.float32), reduce_retracing=True)
-    data = pipelines.supervised_dataset(ds, meta, batch_size=batch_size, image_size=source.image_size,
-                                        augmentation="none", training=False, with_ids=True)
-    rows = _Rows()
-    for batch in data:
-        rows.add(embed(batch["image"]).numpy(), {k: v.numpy() for k, v in batch.items() if k != "image"})
-    return rows.arrays()
-
-
-def _one_image_per_row(ex):
-    n = tf.shape(ex["images"])[0]
-    row = {"image": ex["images"], "case_id": tf.fill([n], ex["case_id"])}
-    for key in ("label", "labels", "label_mask"):
-        if key in ex:
-            row[key] = tf.repeat(ex[key][tf.newaxis], n, axis=0)
-    return tf.data.Dataset.from_tensor_slices(row)
+    size, seed = source.image_size, tf.zeros([2], tf.int64)
+    data = rows.map(lambda r: {**r, "image": augment.augment(r["image"], "none", size, seed)},
+                    num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+    return [{**{k: v.numpy() for k, v in batch.items() if k != "image"}, "embeddings": embed(batch["image"]).numpy()}
+            for batch in data]
 
 
 def _decode_uint8(row):
-    image = tf.io.decode_image(row["image"], channels=3, dtype=tf.uint8, expand_animations=False)
-    return {**row, "image": image}
+    return {**row, "image": tf.io.decode_image(row["image"], channels=3, dtype=tf.uint8, expand_animations=False)}
 
 
-def _saved_model_rows(source: Source, ds, batch_size: int) -> dict:
-    """Per-image rows from `serving_default`; images of equal size are batched together."""
+def _saved_model_rows(source: Source, rows: tf.data.Dataset, batch_size: int) -> list[dict]:
+    """Embeddings from `serving_default` fed the decoded images; equal sizes are batched together."""
     try:
         serve = tf.saved_model.load(source.path).signatures["serving_default"]
     except (OSError, KeyError, ValueError, tf.errors.OpError) as e:
         raise CheckpointError(f"--source={source.path}: not a simclr-med SavedModel ({e})") from None
-    images = ds.flat_map(_one_image_per_row).map(_decode_uint8, num_parallel_calls=tf.data.AUTOTUNE)
-    embeddings, pending, rows = {}, {}, _Rows()
+    parts, pending = [], {}
 
     def flush(shape):
-        index, batch = zip(*pending.pop(shape))
-        out = serve(images=tf.constant(np.stack(batch)))["embedding"].numpy()
-        embeddings.update(zip(index, out))
+        index, images = zip(*pending.pop(shape))
+        for i, embedding in zip(index, serve(images=tf.constant(np.stack(images)))["embedding"].numpy()):
+            parts[i]["embeddings"] = embedding[None]
 
-    for i, row in enumerate(images.as_numpy_iterator()):
-        rows.add(None, {k: np.asarray(v)[None] for k, v in row.items() if k != "image"})
-        bucket = pending.setdefault(row["image"].shape, [])
-        bucket.append((i, row["image"]))
-        if len(bucket) == batch_size:
-            flush(row["image"].shape)
+    for i, row in enumerate(rows.map(_decode_uint8, num_parallel_calls=tf.data.AUTOTUNE).as_numpy_iterator()):
+        image = row.pop("image")
+        parts.append({k: np.asarray(v)[None] for k, v in row.items()})
+        pending.setdefault(image.shape, []).append((i, image))
+        if len(pending[image.shape]) == batch_size:
+            flush(image.shape)
     for shape in list(pending):
         flush(shape)
-    arrays = rows.arrays()
-    arrays["embeddings"] = np.stack([embeddings[i] for i in range(len(embeddings))]).astype(np.float32)
-    return arrays
+    return parts
 
 
-class _Rows:
-    """Collects batches of per-image outputs into arrays."""
-
-    def __init__(self):
-        self.parts = {}
-
-    def add(self, embeddings, batch):
-        if embeddings is not None:
-            self.parts.setdefault("embeddings", []).append(embeddings)
-        for key in ("case_id", "label", "labels", "label_mask"):
-            if key in batch:
-                value = np.asarray(batch[key])
-                self.parts.setdefault(key, []).append(value.astype(str) if key == "case_id" else value)
-
-    def arrays(self) -> dict:
-        if not self.parts:
-            raise DataError("the split is empty: no embeddings to compute")
-        out = {k: np.concatenate(v) for k, v in self.parts.items()}
-        out["case_ids"] = out.pop("case_id")
-        if "label" in out:
-            out["labels"] = out.pop("label").astype(np.int64)
-        return out
+def _concat(parts: list[dict]) -> dict:
+    if not parts:
+        raise DataError("the split is empty: no embeddings to compute")
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    out["embeddings"] = out["embeddings"].astype(np.float32)
+    for key in ("case_ids", "image_ids"):
+        out[key] = out[key].astype(str)
+    if "label" in out:
+        out["labels"] = out.pop("label").astype(np.int64)
+    return out
 
 
 def _per_case(rows: dict) -> dict:
@@ -183,8 +173,8 @@ def extract(source: str, dataset: str, split: str, *, data_dir, output: str | No
             seed: int = 0, uncertainty_policy: str = "mixed") -> dict:
     """Embeddings of `dataset`/`split` from `source`, cached in `output` when given.
 
-    Returns {"embeddings" [N,D] float32, "labels", "case_ids" (, "label_mask"), "class_names",
-    "multi_label", "cache_key"}. A cache written for the same source (same checkpoint step and
+    Returns {"embeddings" [N,D] float32, "labels", "case_ids" (multi-label also "label_mask",
+    "image_ids"), "class_names", "multi_label", "cache_key"}. A cache written for the same source (same checkpoint step and
     file times), data and preprocessing is reused; any other file at `output` is replaced.
     """
     src = resolve_source(source, image_size=image_size, resnet_depth=resnet_depth,
@@ -201,8 +191,8 @@ def extract(source: str, dataset: str, split: str, *, data_dir, output: str | No
 
     ds, meta = datasets.load(dataset, split, data_dir=data_dir, manual_dir=manual_dir,
                              uncertainty_policy=uncertainty_policy, label_fraction=label_fraction, seed=seed)
-    rows = _saved_model_rows(src, ds, batch_size) if src.kind == "saved_model" \
-        else _encoder_rows(src, ds, meta, batch_size)
+    compute = _saved_model_rows if src.kind == "saved_model" else _encoder_rows
+    rows = _concat(compute(src, _image_rows(ds), batch_size))
     out = rows if meta.multi_label else _per_case(rows)
     out.update(class_names=np.array(meta.class_names), multi_label=np.array(meta.multi_label),
                cache_key=np.array(key))

@@ -55,6 +55,8 @@ def predict(model, dataset) -> dict:
         rows["probs"].append(probs.numpy())
         rows["embeddings"].append(emb.numpy())
         rows["case_ids"].append(batch["case_id"].numpy().astype(str))
+        for key, value in batch.get("metadata", {}).items():
+            rows.setdefault(f"meta_{key}", []).append(value.numpy().astype(str))
         if "labels" in batch:
             rows["labels"].append(batch["labels"].numpy())
             rows["label_mask"].append(batch["label_mask"].numpy())
@@ -71,11 +73,12 @@ def score(raw: dict, *, model_classes, model_multi_label: bool, data_classes, ev
         raise DataError("the model is " + ("multi-label" if model_multi_label else "multi-class")
                         + " but the evaluation dataset is not")
     pred = {"class_names": np.array(model_classes), "multi_label": np.array(model_multi_label)}
+    meta = {k: v for k, v in raw.items() if k.startswith("meta_")}
     if model_multi_label:
         model_cols, data_cols, names = label_alignment(model_classes, data_classes)
         pred.update(probs=raw["probs"][:, model_cols], labels=raw["labels"][:, data_cols],
                     label_mask=raw["label_mask"][:, data_cols], case_ids=raw["case_ids"],
-                    class_names=np.array(names), embeddings=raw["embeddings"])
+                    class_names=np.array(names), embeddings=raw["embeddings"], **meta)
         tasks = [t for t in eval_tasks if _canonical(t) in {_canonical(n) for n in names}]
         pred["eval_tasks"] = np.array([n for n in names if _canonical(n) in {_canonical(t) for t in tasks}] or names)
     else:
@@ -88,6 +91,8 @@ def score(raw: dict, *, model_classes, model_multi_label: bool, data_classes, ev
         emb = np.zeros((len(counts), raw["embeddings"].shape[1]), np.float32)
         np.add.at(emb, index, raw["embeddings"])
         pred["embeddings"] = emb / counts[:, None]
+        first = metrics.case_groups(raw["case_ids"])[2]
+        pred.update({k: v[first] for k, v in meta.items()})
         pred["eval_tasks"] = np.array(list(eval_tasks))
     return pred
 

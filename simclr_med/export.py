@@ -1,6 +1,6 @@
 """SavedModel export with a `serving_default` signature for TF Serving.
 
-The signature takes a batch of uint8 images of any size (1 or 3 channels), applies the same
+The signature takes a batch of uint8 RGB images of any size, applies the same
 evaluation preprocessing as training-time evaluation, and returns class probabilities and the
 encoder embedding. It is a plain TF2 SavedModel, so the TF1-style loader of TF Serving and
 `saved_model_cli run` execute it.
@@ -22,11 +22,10 @@ class _Serving(tf.Module):
         self.image_size = image_size
         self.with_head = with_head
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8, name="images")])
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     def serve(self, images):
-        images = tf.cond(tf.shape(images)[-1] == 1, lambda: tf.tile(images, [1, 1, 1, 3]),
-                         lambda: images[..., :3])
-        x = augment.eval_preprocess_batch(tf.cast(images, tf.float32) / 255.0, self.image_size)
+        x = tf.map_fn(lambda im: augment.augment_views(im, "none", self.image_size, [0, 0])[0], images,
+                      fn_output_signature=tf.float32)
         if self.with_head:
             embedding = tf.cast(self.model.embed(x, training=False), tf.float32)
             logits = self.model.head(embedding)

@@ -115,6 +115,10 @@ class Classifier(_GuardedModel):
         else:
             self.quality = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
+    def build(self, input_shape):
+        self.head.build((None, self.encoder.output_shape[-1]))
+        self.built = True
+
     @property
     def metrics(self):
         return [self.loss_tracker, self.quality, self.nonfinite_tracker]

@@ -131,3 +131,39 @@ def train_segmentation(
         with open(os.path.join(model_dir, "result.json"), "w") as f:
             json.dump(result, f, indent=2)
     return result
+
+
+def main(argv=None) -> int:
+    """`python -m simclr_med.segmentation --manual_dir M --data_dir D --model_dir R [--encoder_checkpoint RUN]`."""
+    import argparse
+
+    from simclr_med.errors import SimclrMedError
+
+    p = argparse.ArgumentParser(description="U-Net with a ResNet encoder, Dice loss, on a seg_masks manual dir.")
+    p.add_argument("--manual_dir", required=True, help="images/<name>.png|jpg and masks/<name>.png")
+    p.add_argument("--data_dir", required=True)
+    p.add_argument("--model_dir", required=True)
+    p.add_argument("--encoder_checkpoint", default=None, help="pretraining run dir, checkpoint or Keras weights file")
+    p.add_argument("--resnet_depth", type=int, default=50)
+    p.add_argument("--width_multiplier", type=int, default=1)
+    p.add_argument("--image_size", type=int, default=224)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--train_steps", type=int, default=1000)
+    p.add_argument("--learning_rate", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    try:
+        result = train_segmentation(
+            data_dir=args.data_dir, manual_dir=args.manual_dir, depth=args.resnet_depth,
+            width_multiplier=args.width_multiplier, image_size=args.image_size, batch_size=args.batch_size,
+            steps=args.train_steps, learning_rate=args.learning_rate, encoder_checkpoint=args.encoder_checkpoint,
+            model_dir=args.model_dir, seed=args.seed, verbose=1)
+    except SimclrMedError as e:
+        print(f"simclr-med: error: {e}")
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

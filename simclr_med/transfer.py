@@ -101,7 +101,7 @@ def _coerce(name: str, value, where: str):
             raise TypeError
         return kind(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {name}={value!r} is not a {kind.__name__}") from None
+        raise ConfigError(f"{where}: {name}={value!r} is not of type {kind.__name__}") from None
 
 
 def read_flagfile(path: str) -> dict:
@@ -398,7 +398,10 @@ def build_table(spec: Spec, records: dict) -> dict:
 
 
 def run(spec, root: str) -> dict:
-    """Runs every missing cell of `spec` under `root`; writes and returns the table."""
+    """Runs every missing cell of `spec` under `root`; writes and returns the table.
+
+    When SIGTERM stops a cell (its checkpoint saved), returns {"preempted": cell dir} instead.
+    """
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     cells = {(t, i, s): cell_config(spec, root, t, i, s) for t in spec.tasks for i in spec.inits for s in spec.seeds}
     for init, fields in spec.inits.items():  # a missing init fails now, not hours into the run

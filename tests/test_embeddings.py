@@ -16,9 +16,9 @@ NUM_TEST_CASES, NUM_VALIDATION_CASES = 40, 20  # demo: 200 cases, 20% test, 10% 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny fine-tuned demo run (train mode also exports its SavedModel)."""
+    """A tiny fine-tuned demo run, evaluated on the test split and exported."""
     root = tmp_path_factory.mktemp("emb")
-    cfg = Config(mode="train", train_mode="finetune", dataset="demo", data_dir=str(root / "tfds"),
+    cfg = Config(mode="train_then_eval", train_mode="finetune", dataset="demo", data_dir=str(root / "tfds"),
                  model_dir=str(root / "run"), resnet_depth=18, image_size=32, augmentation="crop_only",
                  train_batch_size=8, train_steps=3, optimizer="sgd", learning_rate=0.05,
                  learning_rate_scaling="none", warmup_epochs=0, checkpoint_steps=3, verbose=0)
@@ -47,6 +47,11 @@ def test_run_dir_saved_model_and_keras_file_agree(trained):
         np.testing.assert_array_equal(other["case_ids"], from_run["case_ids"])
         np.testing.assert_array_equal(other["labels"], from_run["labels"])
         np.testing.assert_allclose(other["embeddings"], from_run["embeddings"], atol=1e-4, rtol=0)
+    # The evaluator's embeddings of the same cases (predictions.npz, in its own row order).
+    with np.load(os.path.join(trained["run"], "predictions.npz")) as pred:
+        row = {c: i for i, c in enumerate(pred["case_ids"].astype(str))}
+        evaluated = pred["embeddings"][[row[c] for c in from_run["case_ids"]]]
+    np.testing.assert_allclose(from_run["embeddings"], evaluated, atol=1e-4, rtol=0)
 
 
 def test_cache_is_reused_and_replaced_when_stale(trained, monkeypatch):

@@ -147,3 +147,24 @@ def test_mirrored_train_step_equals_single_device():
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
     assert two["w"] == pytest.approx(one["w"], rel=1e-4, abs=1e-5)
     assert two["w_abs"] == pytest.approx(one["w_abs"], rel=1e-5)
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_classifier_trains_and_lineareval_freezes_encoder(tmp_path, multi_label):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(16, 32, 32, 3)).astype(np.float32)
+    if multi_label:
+        targets = {"labels": rng.integers(0, 2, (16, 3)).astype(np.float32),
+                   "label_mask": np.tile([1.0, 1.0, 0.0], (16, 1)).astype(np.float32)}
+    else:
+        targets = {"label": rng.integers(0, 3, 16)}
+    ds = tf.data.Dataset.from_tensor_slices({"image": x, **targets}).repeat().batch(8, drop_remainder=True)
+    for mode in ("finetune", "lineareval"):
+        cfg = tiny_config(train_mode=mode, optimizer="sgd", model_dir=str(tmp_path / mode))
+        clf = build.classifier(cfg, num_classes=3, multi_label=multi_label, num_train_examples=16)
+        before = [w.numpy().copy() for w in clf.encoder.weights]
+        out = training.train(clf, ds, model_dir=str(tmp_path / mode), total_steps=2, checkpoint_steps=2,
+                             log_steps=1, verbose=0)
+        assert out["final_step"] == 2 and np.isfinite(out["history"][-1]["loss"])
+        changed = any(not np.array_equal(a, b.numpy()) for a, b in zip(before, clf.encoder.weights))
+        assert changed == (mode == "finetune")

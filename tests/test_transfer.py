@@ -37,7 +37,7 @@ def _spec(**changes):
 @pytest.mark.parametrize("changes, message", [
     ({"inits": {"random": ""}, "runs": 3}, r"unknown key\(s\) \['runs'\]"),
     ({"tasks": {"demo": {"dataset": "demo", "learning_rte": 0.1}}}, r"task 'demo': 'learning_rte' is not a Config"),
-    ({"tasks": {"demo": {"train_steps": "many"}}}, r"train_steps='many' is not a int"),
+    ({"tasks": {"demo": {"train_steps": "many"}}}, r"train_steps='many' is not of type int"),
     ({"baseline": "imagenet"}, r"baseline 'imagenet' is not one of the inits"),
     ({"tasks": {"demo": {"seed": 3}}}, r"'seed' is set by the harness"),
     ({"seeds": [1, 1]}, r"distinct integers"),
@@ -48,20 +48,28 @@ def test_bad_specs_name_the_problem(changes, message):
         transfer.load_spec(_spec(**changes), source="my_spec.json")
 
 
-def test_bad_cells_and_inits_fail_before_any_training(tmp_path):
+def test_bad_cells_and_inits_fail_before_any_training(tmp_path, capsys):
     spec = _spec(tasks={"demo": {"dataset": "demo", "train_mode": "pretrain"}})
     with pytest.raises(ConfigError, match="train_mode must be finetune or lineareval"):
         transfer.run(spec, str(tmp_path))
-    with pytest.raises(CheckpointError, match="init 'ssl'.*no_such_run"):
-        transfer.run(_spec(inits={"random": "", "ssl": str(tmp_path / "no_such_run")}), str(tmp_path))
+    bad = tmp_path / "spec.json"
+    bad.write_text(json.dumps(_spec(inits={"random": "", "ssl": str(tmp_path / "no_such_run")})))
+    with pytest.raises(CheckpointError, match="spec.json: init 'ssl'.*no_such_run"):
+        transfer.run(str(bad), str(tmp_path))
+    assert transfer.main(["--spec", str(bad), "--root", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
     assert not os.path.exists(tmp_path / "demo")
 
 
-def test_flagfiles_parse_like_run_py(tmp_path, monkeypatch):
+def test_shipped_recipes_parse(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # nested --flagfile paths are relative to the working directory
     cfg = Config(**transfer.read_flagfile("flags/chexpert_continual.cfg"), model_dir="x").validate()
     assert (cfg.train_mode, cfg.dataset, cfg.resnet_depth, cfg.image_size) == ("finetune", "chexpert_v1", 50, 224)
     assert cfg.checkpoint  # continual: starts from ImageNet weights
+    spec = transfer.load_spec("flags/demo_transfer.json")
+    cells = [transfer.cell_config(spec, "root", t, i, s) for t in spec.tasks for i in spec.inits for s in spec.seeds]
+    assert len(cells) == len(spec.tasks) * len(spec.inits) * len(spec.seeds) > 1
+    assert {c.checkpoint for c in cells} == {"", *(i["checkpoint"] for i in spec.inits.values())}
     bad = tmp_path / "bad.cfg"
     bad.write_text("# ok\n--image_size=32\nimage_size=64\n")
     with pytest.raises(ConfigError, match=r"bad.cfg:3: expected --name=value"):
