@@ -76,22 +76,40 @@ for _field in dataclasses.fields(Config):
 FLAGS = flags.FLAGS
 
 
+def _fail(error: Exception) -> None:
+    print(f"simclr-med: error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _keep_tool_files_in(model_dir: str) -> None:
+    """Keras writes ~/.keras/keras.json when imported, and matplotlib (which Keras imports) a font
+    cache under ~/.cache: kept in the run directory, a run writes nothing outside model_dir and
+    data_dir. Variables the user set win."""
+    os.environ.setdefault("KERAS_HOME", os.path.join(model_dir, ".keras"))
+    os.environ.setdefault("MPLCONFIGDIR", os.path.join(model_dir, ".matplotlib"))
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from simclr_med import experiment, sweep
     from simclr_med.errors import SimclrMedError
 
     cfg = Config(**{name: getattr(FLAGS, name) for name in Config.field_names()})
     try:
+        cfg.validate()  # contradictory flags fail before TensorFlow loads
+    except SimclrMedError as e:
+        _fail(e)
+    _keep_tool_files_in(cfg.model_dir)
+    from simclr_med import experiment, sweep
+
+    try:
         if cfg.mode == "sweep":
-            summary = {"result": sweep.sweep(cfg.validate(), **cfg.sweep_grid())["test_result"]}
+            summary = {"result": sweep.sweep(cfg, **cfg.sweep_grid())["test_result"]}
         else:
             summary = experiment.run(cfg)
     except SimclrMedError as e:
-        print(f"simclr-med: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _fail(e)
     if summary.get("train", {}).get("preempted"):
         sys.exit(143)  # stopped by SIGTERM after saving; rerun to resume
     if "result" in summary:

@@ -89,12 +89,23 @@ def set_threads(intra_op: int = 0, inter_op: int = 0) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(inter_op)
 
 
+def onednn_enabled() -> bool | None:
+    """Whether TF runs its oneDNN kernels. Unset TF_ENABLE_ONEDNN_OPTS means on only for CPUs
+    with AVX-512 VNNI/BF16 or AMX, so on AVX2 machines the (much slower) Eigen kernels run."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:  # private module; absent in some builds
+        return None
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
 def environment() -> dict:
     """Versions, thread settings and the environment flags that change TF's CPU kernels."""
     import keras
     import tensorflow as tf
 
     return {
+        "onednn": onednn_enabled(),
         "tf": tf.__version__,
         "keras": keras.__version__,
         "python": platform.python_version(),

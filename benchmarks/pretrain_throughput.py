@@ -133,6 +133,7 @@ def time_train_function(model, dataset, strategy, *, steps: int, warmup: int) ->
 def run(args) -> list[dict]:
     from benchmarks import common
 
+    load_at_start = common.load_average()
     common.set_threads(args.intra_op_threads, args.inter_op_threads)
     from simclr_med import build, strategy as strategy_lib
     from simclr_med.config import Config
@@ -143,6 +144,7 @@ def run(args) -> list[dict]:
     flops_fwd = forward_flops_per_view(args.depth, args.width, args.image_size,
                                        proj_layers=Config.num_proj_layers, proj_dim=Config.proj_out_dim)
     results = []
+    scratch = tempfile.TemporaryDirectory(prefix="simclr_med_bench_")
     for method in methods:
         cfg = Config(method=method, resnet_depth=args.depth, width_multiplier=args.width,
                      image_size=args.image_size, train_batch_size=args.batch_size,
@@ -152,8 +154,7 @@ def run(args) -> list[dict]:
             model = build.contrastive_model(cfg, num_train_examples=10**6,
                                             num_replicas=strategy.num_replicas_in_sync)
         if args.real_pipeline:
-            data_dir = args.data_dir or tempfile.mkdtemp(prefix="simclr_med_bench_")
-            dataset = demo_pipeline(method, args.batch_size, args.image_size, data_dir)
+            dataset = demo_pipeline(method, args.batch_size, args.image_size, args.data_dir or scratch.name)
         else:
             dataset = synthetic_dataset(args.batch_size, args.image_size)
         timing = time_train_function(model, dataset, strategy, steps=args.steps, warmup=args.warmup)
@@ -181,12 +182,13 @@ def run(args) -> list[dict]:
             "rss_growth_gib": timing["rss_growth_gib"],
         })
         del model
+    scratch.cleanup()
     peak = args.peak_gflops or measure_peak()
     for r in results:
         r.update({
             "matmul_peak_gflops": peak, "fraction_of_peak": r["achieved_gflops"] / peak,
             "device_peak_gib": common.device_peak_memory_gib(),
-            "load_avg": common.load_average(), **common.environment(),
+            "load_avg_start": load_at_start, "load_avg": common.load_average(), **common.environment(),
         })
         common.emit(r)
     return results

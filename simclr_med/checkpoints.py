@@ -27,29 +27,49 @@ def make_manager(model: keras.Model, model_dir: str, max_to_keep: int) -> tf.tra
 
 def _remove_orphans(manager: tf.train.CheckpointManager) -> None:
     """Deletes files of checkpoints that a killed save left behind and the state file never listed."""
-    listed = set(manager.checkpoints)
+    listed = {os.path.basename(p) for p in manager.checkpoints}
     for path in glob.glob(os.path.join(manager.directory, "ckpt-*")):
-        prefix = path.split(".index")[0].split(".data-")[0]
+        prefix = os.path.basename(path).split(".index")[0].split(".data-")[0]
         if prefix.endswith("_temp") or "_temp" in os.path.basename(path):
             shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
         elif prefix not in listed:
             log.warning("removing incomplete checkpoint file %s", path)
             os.remove(path)
+    for path in glob.glob(os.path.join(manager.directory, "checkpoint.tmp*")):  # state file never renamed
+        os.remove(path)
+
+
+# A checkpoint whose files are missing or cut short (TF reports the latter as IndexError).
+_UNREADABLE = (tf.errors.OpError, IndexError)
 
 
 def restore_latest(manager: tf.train.CheckpointManager) -> int:
-    """Restores the newest loadable checkpoint; returns its step (0 when starting fresh)."""
+    """Restores the newest loadable checkpoint; returns its step (0 when starting fresh).
+
+    A listed checkpoint that cannot be read (a kill during the manager's deletion of old
+    checkpoints, a damaged disk) is skipped for the one before it; one written by another model
+    is an error, and so is a run none of whose listed checkpoints can be read — never a silent
+    restart from step 0.
+    """
     _remove_orphans(manager)
+    unreadable = []
     for path in reversed(manager.checkpoints):
         try:
             manager.checkpoint.restore(path).assert_existing_objects_matched()
-        except (tf.errors.OpError, ValueError, AssertionError) as e:
+        except _UNREADABLE as e:
+            log.warning("skipping unreadable checkpoint %s (%s)", path, _first_line(e))
+            unreadable.append(path)
+            continue
+        except (ValueError, AssertionError) as e:
             raise CheckpointError(
                 f"{path}: cannot resume from this checkpoint ({_first_line(e)}); it was written by a "
                 "different model (depth/width/head/dataset) — use a new --model_dir") from None
         step = int(manager.checkpoint.optimizer.iterations)
         log.info("resumed from %s (step %d)", path, step)
         return step
+    if unreadable:
+        raise CheckpointError(f"{manager.directory}: no listed checkpoint can be read ({', '.join(unreadable)}); "
+                              "delete them to start from step 0, or use a new --model_dir")
     return 0
 
 
@@ -88,7 +108,9 @@ def load_encoder(encoder: keras.Model, path: str) -> str:
         else:
             tf.train.Checkpoint(model=tf.train.Checkpoint(encoder=encoder)).restore(
                 path).expect_partial().assert_existing_objects_matched()
-    except (tf.errors.OpError, ValueError, AssertionError) as e:
+    except (*_UNREADABLE, OSError) as e:  # OSError: h5py on a damaged .h5
+        raise CheckpointError(f"--checkpoint={path}: cannot be read ({_first_line(e)})") from None
+    except (ValueError, AssertionError) as e:
         raise CheckpointError(
             f"--checkpoint={path}: does not fit this encoder (--resnet_depth/--width_multiplier "
             f"must match the run that wrote it): {_first_line(e)}") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 
 from simclr_med.errors import ConfigError
 
@@ -101,7 +102,9 @@ class Config:
         need(self.uncertainty_policy in ("mixed", "u_ones", "u_zeros", "u_ignore"), f"--uncertainty_policy={self.uncertainty_policy!r} is not one of mixed, u_ones, u_zeros, u_ignore")
         need(self.checkpoint_steps >= 1, "--checkpoint_steps must be >= 1")
         need(self.train_steps > 0 or self.train_epochs > 0, "set --train_steps or --train_epochs")
-        need(self.mode == "eval" or self.mode == "export" or bool(self.model_dir), "--model_dir is required")
+        need(bool(self.model_dir), "--model_dir is required (every mode reads or writes the run there)")
+        need(not os.path.exists(self.model_dir) or os.path.isdir(self.model_dir),
+             f"--model_dir={self.model_dir} exists and is not a directory")
         return self
 
     def sweep_grid(self) -> dict:

@@ -88,6 +88,8 @@ def builder_for(name: str, data_dir, manual_dir=None) -> tfds.core.DatasetBuilde
     files), else this raises rather than silently using stale data.
     """
     tfds_name, _ = _kind(name)
+    if data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise DataError(f"data_dir {os.fspath(data_dir)!r} is not a directory")
     if name == "demo":
         if manual_dir:
             raise DataError("the demo dataset writes its own data; do not pass manual_dir with it")

@@ -8,9 +8,9 @@ import os
 import keras
 import tensorflow as tf
 
-from simclr_med import build, checkpoints, datasets, evaluate, export, pipelines, training
+from simclr_med import augment, build, checkpoints, datasets, evaluate, export, pipelines, training
 from simclr_med.config import Config
-from simclr_med.errors import CheckpointError, DataError
+from simclr_med.errors import CheckpointError, ConfigError, DataError
 from simclr_med.strategy import make_strategy
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def _restore_for_eval(cfg: Config, model) -> tuple[str, int]:
         raise CheckpointError(f"{cfg.model_dir}: no checkpoint to evaluate (train first)")
     try:
         tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
-    except (tf.errors.OpError, ValueError, AssertionError) as e:
+    except (tf.errors.OpError, IndexError, ValueError, AssertionError) as e:
         raise CheckpointError(f"{path}: does not match this model ({str(e).splitlines()[0][:200]})") from None
     return path, int(path.rsplit("-", 1)[-1])
 
@@ -180,6 +180,10 @@ def _export(cfg: Config, strategy, model=None) -> str:
 def run(cfg: Config) -> dict:
     """Runs `cfg.mode`; returns a summary (training figures, result, export path)."""
     cfg.validate()
+    try:
+        augment.get_preset(cfg.augmentation)
+    except ValueError as e:
+        raise ConfigError(f"--augmentation: {e}") from None
     if cfg.data_dir == "":
         cfg.data_dir = os.path.join(cfg.model_dir, "data")
     os.makedirs(cfg.model_dir, exist_ok=True)

@@ -1,0 +1,595 @@
+"""Bad input of every kind gives one clear line naming the input and the problem — or works.
+
+Images of unusual modes and sizes must *work*; damaged data must fail (or, inside a bag of several
+images, be skipped and reported) without leaving a dataset that looks complete; bad flags and
+checkpoints must fail before training with a `SimclrMedError`, which `run.py` prints as
+`simclr-med: error: <message>` (exit 2, no traceback).
+
+The bad inputs covered, where, and what each must say (``*``: tested in another file):
+
+==  ===============================================  ================================================
+#   bad input                                        message / outcome
+==  ===============================================  ================================================
+1   16-bit grayscale PNG                             works: decoded to [0, 1] at full range
+2   RGBA PNG, gray+alpha PNG                         works: alpha dropped, colour kept
+3   grayscale PNG / JPEG                             works: tiled to RGB
+4   CMYK JPEG, palette PNG                           works: converted to RGB
+5   1x1 and 1x300 pixel images                       works: every preset gives S x S views
+6   PNG header claiming 40000x40000 (bomb), alone    "row N: case ... has no readable image (...
+                                                     DecompressionBombError ...)", nothing built
+7   the same bomb, or a BMP named .jpg, in a bag     skipped; reported in `skipped_images` by row
+8   text file as a CheXpert image                    "row N: image ... is not an image file PIL ..."
+9   truncated NIH PNG                                "row N: image ... is corrupt or truncated"
+10  empty cases.csv                                  "cases.csv: empty file, expected a header row"
+11  header-only cases.csv                            "no labelled case found in cases.csv"
+12  row with an extra field                          "cases.csv row 3: 7 fields but the header has 6"
+13  CSV not in UTF-8                                 "cases.csv: cannot be read as a CSV"
+14  misspelt optional column                         "row 1: unknown column(s) skintype"
+15  duplicated column                                "row 1: duplicated column names"
+16  blank label / blank case_id                      "row 2: empty label for case ..." / "empty case_id"
+17  absolute image path                              "row 2: image path '/...' escapes the manual dir"
+18  HAM10000 header reordered                        "row 1: columns are reordered"
+19  HAM10000 image in neither folder                 "row N: image 'ISIC_....jpg' not found in ..."
+20  HAM10000 duplicated row                          "row N: duplicated row"
+21  SCIN column missing                              "row 1: missing column(s) image_1_path"
+22  SCIN case_id twice (cases / labels table)        "row N: duplicated case_id"
+23  SCIN labelled case with no image path            "row N: case ... lists no image"
+24  CheXpert Path not patient/study/view             "row N: Path ... is not of the form"
+25  CheXpert Path with ../                           "row N: image path ... escapes the manual dir"
+26  CheXpert patient in train.csv and valid.csv      "row N: patient ... is also in train.csv"
+27  CheXpert with 2 patients (a split empty)         "split(s) ... would be empty"
+28  CheXpert valid.csv missing                       "valid.csv not found under ..."
+29  NIH age 'abc', Patient ID of another image       "row N: Patient Age 'abc' ..." / "does not match"
+30  NIH duplicated row / name twice in a list        "row N: duplicated row" / "line N: ... at line M"
+31  NIH patient in both official lists               "patient ... is in both train_val_list.txt and ..."
+32  NIH empty test list, list missing                "split test would be empty" / "not found under"
+33  NIH list naming an image not in the CSV          "line N: ... is not in Data_Entry_2017_v2020.csv"
+34  CheXpert -1 / blank labels under each policy     works: labels/mask per policy; AUC of a task
+                                                     with one class is None, named in a warning
+35  --method=micle on chexpert_v1 (no bags)          "--method=micle needs cases with several images"
+36  --method=micle --train_mode=finetune             "--method=micle only applies to ... pretrain"
+37  --label_fraction=0                               "--label_fraction=0.0 must be in (0, 1]"
+38  unknown --augmentation                           "--augmentation: unknown augmentation 'fancy'"
+39  unknown dataset name                            "unknown dataset 'imagenet'; valid names: ..."
+40  --mode=eval with no checkpoint (both kinds)      "no checkpoint to evaluate" / "classes.json missing"
+41  --checkpoint of a depth-34 run into depth 18     "does not fit this encoder (--resnet_depth ..."
+42  --checkpoint missing / empty dir / damaged .h5   "not a run directory ..." / "holds no
+                                                     checkpoint" / "cannot be read (...)"
+43  --model_dir is a file / missing                  "exists and is not a directory" / "is required"
+44  --data_dir is a file                             "data_dir '...' is not a directory"
+45  --eval_split that does not exist                 "has no split 'training'; splits: ..."
+46  --label_fraction leaving a class empty           "label_fraction=0.05 leaves class ... no example"
+47  NaN loss (--temperature=1e-45)                   "step 1: the loss became NaN/Inf; stopped without
+                                                     saving", no checkpoint written
+48  run.py: non-integer / unknown flag (absl)        "Flags parsing error: ... --train_steps ...",
+                                                     exit 1, no traceback
+49* missing cases.csv, missing / empty / non-dir     test_builders.test_missing_csv_and_missing_...
+    manual dir, NIH not built and no manual_dir
+50* CheXpert reordered header, NIH cut header,       test_builders.test_reordered_and_wrong_headers
+    generic misspelt required column
+51* missing image file (generic)                     test_builders.test_missing_image_names_the_row
+52* truncated image, single-image case               test_builders.test_corrupt_single_image_case_...
+53* corrupt image in a bag                           test_builders.test_corrupt_image_in_a_bag_...
+54* 0-byte CheXpert image                            test_builders.test_empty_image_in_chexpert_fails
+55* unknown HAM dx, CheXpert '2.0', NIH finding      test_builders.test_bad_values_name_file_and_row
+    'Flu', SCIN label not a dict
+56* NIH image in neither official list               test_builders.test_nih_image_outside_the_...
+57* ../ path (generic)                               test_builders.test_path_escaping_the_manual_dir
+58* duplicated row / image shared by two cases /     test_builders.test_duplicated_rows_and_shared_...
+    duplicated CheXpert valid row
+59* two labels for one case; generic split empty     test_builders.test_inconsistent_case_label_...
+60* manual dir changed after the build               test_builders.test_rebuilt_download_is_not_...
+61* unknown split / policy / label_fraction=0 /      test_datasets.test_bad_arguments
+    manual_dir with demo (datasets.load)
+62* label_fraction leaving a class empty (load)      test_datasets.test_label_fraction_keeps_...
+63* NaN loss (training.train), skipping N steps      test_training.test_nan_loss_stops_..., ...skip_...
+64* resuming a run of another architecture          test_training.test_checkpoint_of_other_...
+==  ===============================================  ================================================
+"""
+import csv
+import io
+import os
+import struct
+import subprocess
+import sys
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from simclr_med import datasets, experiment, fixtures, metrics, pipelines, resnet
+from simclr_med.config import Config
+from simclr_med.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, SimclrMedError
+from tfds_builders.cxr_labels import CHEXPERT_TASKS, POLICIES
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(resnet_depth=18, image_size=32, train_batch_size=4, num_proj_layers=1, proj_out_dim=8, train_steps=1,
+            warmup_epochs=0, checkpoint_steps=1, verbose=0)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+def edit_csv(path, edit):
+    """Rewrites a CSV through `edit(records) -> records` (records[0] is the header)."""
+    with open(path, newline="") as f:
+        records = list(csv.reader(f))
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(edit(records))
+
+
+def set_cell(path, row, column, value):
+    """`row` counts the header as row 1, as the error messages do."""
+    def edit(records):
+        records[row - 1][records[0].index(column)] = value
+        return records
+    edit_csv(path, edit)
+
+
+def assert_nothing_built(data_dir):
+    """A failed build leaves no dataset that TFDS (or a later `load`) would take as complete."""
+    assert not list(Path(data_dir).rglob("dataset_info.json")), "a failed build left a dataset behind"
+
+
+def build_error(name, manual, data_dir) -> str:
+    with pytest.raises(DataError) as err:
+        datasets.builder_for(name, data_dir, manual)
+    message = str(err.value)
+    assert "\n" not in message, message
+    assert_nothing_built(data_dir)
+    return message
+
+
+def png_header(width, height) -> bytes:
+    """A well-formed PNG whose header claims `width` x `height` but holds one row of pixels."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * (3 * width + 1))) + chunk(b"IEND", b""))
+
+
+def encode(array, fmt="PNG", mode=None) -> bytes:
+    out = io.BytesIO()
+    (Image.fromarray(array, mode) if mode else Image.fromarray(array)).save(out, fmt)
+    return out.getvalue()
+
+
+def constant(shape, value, dtype=np.uint8):
+    return np.full(shape, value, dtype)
+
+
+# --- 1-7: image modes, sizes, bombs, formats ------------------------------------------------------
+
+def _cmyk_jpeg():
+    out = io.BytesIO()
+    Image.new("CMYK", (20, 30), (10, 20, 30, 0)).save(out, "JPEG", quality=100)
+    return out.getvalue()
+
+
+def _palette_png():
+    out = io.BytesIO()
+    image = Image.new("P", (25, 17), 0)
+    image.putpalette([10, 200, 30] + [0] * 765)
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+# case → (file name, bytes, expected RGB in [0, 1], tolerance)
+UNUSUAL = {
+    "gray16": ("gray16.png", lambda: encode(constant((20, 30), 32768, np.uint16)), [32768 / 65535] * 3, 1e-4),
+    "rgba": ("rgba.png", lambda: encode(np.dstack([constant((20, 30), c) for c in (200, 100, 50, 0)])),
+             [200 / 255, 100 / 255, 50 / 255], 1e-4),
+    "gray_alpha": ("la.png", lambda: encode(np.dstack([constant((20, 30), c) for c in (128, 7)]), mode="LA"),
+                   [128 / 255] * 3, 1e-4),
+    "gray_png": ("gray.png", lambda: encode(constant((20, 30), 128)), [128 / 255] * 3, 1e-4),
+    "gray_jpeg": ("gray.jpg", lambda: encode(constant((24, 24), 90), "JPEG"), [90 / 255] * 3, 2 / 255),
+    "cmyk_jpeg": ("cmyk.jpg", _cmyk_jpeg, [245 / 255, 235 / 255, 225 / 255], 2 / 255),
+    "palette": ("palette.png", _palette_png, [10 / 255, 200 / 255, 30 / 255], 1e-4),
+    "one_pixel": ("one.png", lambda: encode(constant((1, 1, 3), 77)), [77 / 255] * 3, 1e-4),
+    "one_row": ("row.jpg", lambda: encode(constant((1, 300, 3), 77), "JPEG"), [77 / 255] * 3, 2 / 255),
+}
+
+
+def write_unusual(manual: Path) -> dict:
+    """A generic manual dir of one-image cases in every unusual mode, plus two bags that each hold
+    one good image and one that must be skipped (a decompression bomb, a BMP named .jpg)."""
+    (manual / "images").mkdir(parents=True)
+    rows, rng = [], np.random.default_rng(0)
+    for i, (case, (name, make, _, _)) in enumerate(UNUSUAL.items()):
+        (manual / "images" / name).write_bytes(make())
+        rows.append([case, f"images/{name}", "ab"[i % 2]])
+    bad = {"bomb_bag": ("bomb.png", png_header(40000, 40000)),
+           "bmp_bag": ("bitmap.jpg", encode(constant((8, 8, 3), 9), "BMP"))}
+    for case, (name, data) in bad.items():
+        fixtures.write_image(manual / "images" / f"{case}_ok.png", rng, "RGB")
+        (manual / "images" / name).write_bytes(data)
+        rows += [[case, f"images/{case}_ok.png", "a"], [case, f"images/{name}", "a"]]
+    with open(manual / "cases.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["case_id", "image_path", "label"]] + rows)
+    return {case: rows.index([case, f"images/{name}", "a"]) + 2 for case, (name, _) in bad.items()}
+
+
+def test_unusual_images_work_and_bad_ones_in_bags_are_skipped(tmp_path):
+    bad_rows = write_unusual(tmp_path / "m")
+    builder = datasets.builder_for("derm_cases/generic", tmp_path / "t", tmp_path / "m")
+    skipped = builder.info.metadata["skipped_images"]
+    assert len(skipped) == 2
+    assert any(f"cases.csv row {bad_rows['bomb_bag']}" in s and "DecompressionBombError" in s for s in skipped)
+    assert any(f"cases.csv row {bad_rows['bmp_bag']}" in s and "is BMP; only JPEG and PNG" in s for s in skipped)
+
+    seen = {}
+    for split in builder.info.splits:
+        ds, meta = datasets.load("derm_cases/generic", split, data_dir=tmp_path / "t")
+        for batch in pipelines.supervised_dataset(ds, meta, batch_size=4, image_size=16, augmentation="none",
+                                                  training=False, with_ids=True):
+            for image, case in zip(batch["image"].numpy(), batch["case_id"].numpy().astype(str)):
+                seen.setdefault(case, []).append(image)
+    assert len(seen["bomb_bag"]) == len(seen["bmp_bag"]) == 1  # the good image of each bag
+    for case, (_, _, rgb, tol) in UNUSUAL.items():
+        [image] = seen[case]
+        assert image.shape == (16, 16, 3) and np.isfinite(image).all()
+        np.testing.assert_allclose(image.reshape(-1, 3).mean(0), rgb, atol=tol, err_msg=case)
+        np.testing.assert_allclose(image.reshape(-1, 3).std(0), 0, atol=tol, err_msg=case)
+
+    ds, _ = datasets.load("derm_cases/generic", "train", data_dir=tmp_path / "t")
+    views = pipelines.pretrain_dataset(ds, method="simclr", batch_size=16, image_size=16, augmentation="simclr")
+    views = next(iter(views))["view1"].numpy()  # random resized crops of 1-pixel images too
+    assert views.shape == (16, 16, 16, 3) and np.isfinite(views).all()
+
+
+def test_decompression_bomb_alone_in_a_case_fails(tmp_path):
+    manual = fixtures.write_generic_cases(tmp_path / "m", num_cases=12)
+    with open(manual / "cases.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    row, r = next((i, r) for i, r in enumerate(rows, 2) if sum(x["case_id"] == r["case_id"] for x in rows) == 1)
+    (manual / r["image_path"]).write_bytes(png_header(40000, 40000))
+    msg = build_error("derm_cases/generic", manual, tmp_path / "t")
+    assert f"cases.csv row {row}: case '{r['case_id']}' has no readable image" in msg
+    assert "DecompressionBombError" in msg and "1600000000 pixels" in msg
+
+
+# --- 8-33: manual downloads the builders refuse ----------------------------------------------------
+
+def _generic(d):
+    return "derm_cases/generic", fixtures.write_generic_cases(d, num_cases=12)
+
+
+def _ham(d):
+    return "derm_cases/ham10000", fixtures.write_ham10000(d)
+
+
+def _scin(d):
+    return "derm_cases/scin", fixtures.write_scin(d)
+
+
+def _chexpert(d):
+    return "chexpert_v1", fixtures.write_chexpert(d)
+
+
+def _nih(d):
+    return "nih_chestxray14", fixtures.write_nih(d)
+
+
+def _cases(m):
+    return m / "cases.csv"
+
+
+def _cx_train(m):
+    return m / "CheXpert-v1.0-small/train.csv"
+
+
+def _nih_csv(m):
+    return m / "Data_Entry_2017_v2020.csv"
+
+
+def _lines(path):
+    return path.read_text().split()
+
+
+def _latin1(m):
+    text = _cases(m).read_text().replace(",eczema,", ",eczéma,", 1)
+    _cases(m).write_bytes(text.encode("latin-1"))
+
+
+def _rename_column(m, old, new):
+    edit_csv(_cases(m), lambda rs: [[new if c == old else c for c in rs[0]]] + rs[1:])
+
+
+def _ham_missing_image(m):
+    image_id = list(csv.reader(open(m / "HAM10000_metadata.csv")))[4][1]
+    next(m.glob(f"HAM10000_images_part_*/{image_id}.jpg")).unlink()
+    return image_id
+
+
+def _scin_case_without_images(m):
+    def edit(rs):
+        cols = [rs[0].index(f"image_{k}_path") for k in (1, 2, 3)]
+        for c in cols:
+            rs[2][c] = ""
+        return rs
+    edit_csv(m / "dataset/scin_cases.csv", edit)
+
+
+def _cx_patient_in_valid(m):
+    root = m / "CheXpert-v1.0-small"
+    rows = list(csv.reader(open(root / "valid.csv")))
+    rel = rows[1][0].split("/", 1)[1]
+    moved = "valid/patient00001/" + rel.split("/", 2)[2]
+    (root / moved).parent.mkdir(parents=True, exist_ok=True)
+    (root / moved).write_bytes((root / rel).read_bytes())
+    set_cell(root / "valid.csv", 2, "Path", f"CheXpert-v1.0-small/{moved}")
+
+
+def _cx_two_patients(m):
+    edit_csv(_cx_train(m), lambda rs: [rs[0]] + [r for r in rs[1:] if "/patient00001/" in r[0] or
+                                                 "/patient00002/" in r[0]])
+
+
+def _nih_patient_in_both_lists(m):
+    test = _lines(m / "test_list.txt")
+    patient = next(n[:8] for n in test if sum(x[:8] == n[:8] for x in test) >= 2)
+    moved = next(n for n in test if n[:8] == patient)
+    (m / "test_list.txt").write_text("\n".join(n for n in test if n != moved) + "\n")
+    (m / "train_val_list.txt").write_text((m / "train_val_list.txt").read_text() + moved + "\n")
+
+
+def _nih_empty_test_list(m):
+    names = _lines(m / "train_val_list.txt") + _lines(m / "test_list.txt")
+    (m / "train_val_list.txt").write_text("\n".join(names) + "\n")
+    (m / "test_list.txt").write_text("")
+
+
+def _truncate_first_nih_image(m):
+    path = m / "images" / list(csv.reader(open(_nih_csv(m))))[1][0]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+BAD_DOWNLOADS = {
+    # id: (writer, edit(manual dir), expected part of the message)
+    "empty_csv": (_generic, lambda m: _cases(m).write_bytes(b""), "cases.csv: empty file, expected a header row"),
+    "header_only": (_generic, lambda m: edit_csv(_cases(m), lambda rs: rs[:1]), "no labelled case found in cases.csv"),
+    "extra_field": (_generic, lambda m: edit_csv(_cases(m), lambda rs: rs[:2] + [rs[2] + ["x"]] + rs[3:]),
+                    "cases.csv row 3: 7 fields but the header has 6"),
+    "not_utf8": (_generic, _latin1, "cases.csv: cannot be read as a CSV"),
+    "unknown_column": (_generic, lambda m: _rename_column(m, "skin_type", "skintype"),
+                       "cases.csv row 1: unknown column(s) skintype"),
+    "duplicated_column": (_generic, lambda m: _rename_column(m, "sex", "label"),
+                          "cases.csv row 1: duplicated column names"),
+    "blank_label": (_generic, lambda m: set_cell(_cases(m), 2, "label", ""), "cases.csv row 2: empty label for case"),
+    "blank_case_id": (_generic, lambda m: set_cell(_cases(m), 2, "case_id", ""), "cases.csv row 2: empty case_id"),
+    "absolute_path": (_generic, lambda m: set_cell(_cases(m), 2, "image_path", "/etc/hostname"),
+                      "cases.csv row 2: image path '/etc/hostname' escapes the manual dir"),
+    "ham_reordered_header": (_ham, lambda m: edit_csv(m / "HAM10000_metadata.csv",
+                                                      lambda rs: [[r[0], r[2], r[1], *r[3:]] for r in rs]),
+                             "HAM10000_metadata.csv row 1: columns are reordered"),
+    "ham_missing_image": (_ham, _ham_missing_image, "HAM10000_metadata.csv row 5: image 'ISIC_"),
+    "ham_duplicated_row": (_ham, lambda m: edit_csv(m / "HAM10000_metadata.csv", lambda rs: rs + [rs[3]]),
+                           "duplicated row"),
+    "scin_missing_column": (_scin, lambda m: edit_csv(m / "dataset/scin_cases.csv", lambda rs: [
+        [v for v, c in zip(r, rs[0]) if c != "image_1_path"] for r in rs]),
+        "scin_cases.csv row 1: missing column(s) image_1_path"),
+    "scin_duplicated_case": (_scin, lambda m: edit_csv(m / "dataset/scin_cases.csv", lambda rs: rs + [rs[2]]),
+                             "scin_cases.csv row 16: duplicated case_id"),
+    "scin_duplicated_label": (_scin, lambda m: edit_csv(m / "dataset/scin_labels.csv", lambda rs: rs + [rs[2]]),
+                              "scin_labels.csv row 16: duplicated case_id"),
+    "scin_case_without_images": (_scin, _scin_case_without_images, "scin_cases.csv row 3: case "),
+    "cx_bad_path": (_chexpert, lambda m: set_cell(_cx_train(m), 3, "Path", "CheXpert-v1.0-small/train/x.jpg"),
+                    "train.csv row 3: Path 'CheXpert-v1.0-small/train/x.jpg' is not of the form"),
+    "cx_escaping_path": (_chexpert, lambda m: set_cell(_cx_train(m), 3, "Path",
+                                                       "../../patient00001/study1/view1_frontal.jpg"),
+                         "train.csv row 3: image path '../../patient00001/study1/view1_frontal.jpg' escapes"),
+    "cx_patient_in_train_and_valid": (_chexpert, _cx_patient_in_valid,
+                                      "valid.csv row 2: patient patient00001 is also in train.csv"),
+    "cx_two_patients": (_chexpert, _cx_two_patients, "would be empty"),
+    "cx_valid_csv_missing": (_chexpert, lambda m: (m / "CheXpert-v1.0-small/valid.csv").unlink(),
+                             "valid.csv not found under"),
+    "cx_text_as_image": (_chexpert, lambda m: (m / list(csv.reader(open(_cx_train(m))))[4][0]).write_text("hello"),
+                         "train.csv row 5: image 'CheXpert-v1.0-small/train/patient"),
+    "nih_truncated_png": (_nih, _truncate_first_nih_image, "Data_Entry_2017_v2020.csv row 2: image '"),
+    "nih_bad_age": (_nih, lambda m: set_cell(_nih_csv(m), 4, "Patient Age", "abc"),
+                    "Data_Entry_2017_v2020.csv row 4: Patient Age 'abc' is not an age"),
+    "nih_patient_id_mismatch": (_nih, lambda m: set_cell(_nih_csv(m), 4, "Patient ID", "99999"),
+                                "Data_Entry_2017_v2020.csv row 4: Patient ID '99999' does not match image"),
+    "nih_bad_image_name": (_nih, lambda m: set_cell(_nih_csv(m), 4, "Image Index", "scan.png"),
+                           "row 4: Image Index 'scan.png' is not of the form NNNNNNNN_NNN.png"),
+    "nih_duplicated_row": (_nih, lambda m: edit_csv(_nih_csv(m), lambda rs: rs + [rs[5]]), "duplicated row"),
+    "nih_name_twice_in_list": (_nih, lambda m: (m / "test_list.txt").write_text(
+        (m / "test_list.txt").read_text() + _lines(m / "test_list.txt")[0] + "\n"), "test_list.txt line "),
+    "nih_patient_in_both_lists": (_nih, _nih_patient_in_both_lists, "is in both train_val_list.txt and test_list.txt"),
+    "nih_empty_test_list": (_nih, _nih_empty_test_list, "test_list.txt: split test would be empty"),
+    "nih_list_missing": (_nih, lambda m: (m / "test_list.txt").unlink(), "test_list.txt not found under"),
+    "nih_list_names_unknown_image": (_nih, lambda m: (m / "test_list.txt").write_text(
+        (m / "test_list.txt").read_text() + "99999999_000.png\n"),
+        "'99999999_000.png' is not in Data_Entry_2017_v2020.csv"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DOWNLOADS))
+def test_bad_download_fails_with_one_line_and_builds_nothing(tmp_path, case):
+    writer, edit, expected = BAD_DOWNLOADS[case]
+    name, manual = writer(tmp_path / "manual")
+    edit(manual)
+    assert expected in build_error(name, manual, tmp_path / "tfds")
+
+
+def test_messages_of_the_less_obvious_ones(tmp_path):
+    """The parametrised cases above match on a prefix; these pin the problem named after it."""
+    name, manual = _chexpert(tmp_path / "cx")
+    (manual / list(csv.reader(open(_cx_train(manual))))[4][0]).write_text("hello")
+    assert "is not an image file PIL can identify" in build_error(name, manual, tmp_path / "t1")
+    name, manual = _nih(tmp_path / "nih")
+    _truncate_first_nih_image(manual)
+    assert "is corrupt or truncated" in build_error(name, manual, tmp_path / "t2")
+    name, manual = _ham(tmp_path / "ham")
+    image_id = _ham_missing_image(manual)
+    assert f"image '{image_id}.jpg' not found in HAM10000_images_part_1/ or HAM10000_images_part_2/" in build_error(
+        name, manual, tmp_path / "t3")
+    name, manual = _scin(tmp_path / "scin")
+    _scin_case_without_images(manual)
+    assert "lists no image" in build_error(name, manual, tmp_path / "t4")
+
+
+# --- 34: CheXpert uncertain and blank labels under every policy ------------------------------------
+
+def test_chexpert_all_uncertain_or_blank_task_under_every_policy(tmp_path):
+    """Edema is -1 on every train.csv row and Cardiomegaly blank on every row: each policy gives
+    the documented labels, and the metrics report those tasks' AUC as undefined, by name,
+    instead of failing or inventing one."""
+    manual = fixtures.write_chexpert(tmp_path / "cx")
+    def fill(records):
+        for column, value in (("Edema", "-1.0"), ("Cardiomegaly", "")):
+            for r in records[1:]:
+                r[records[0].index(column)] = value
+        return records
+    edit_csv(_cx_train(manual), fill)
+    datasets.builder_for("chexpert_v1", tmp_path / "t", manual)
+    edema, cardio = CHEXPERT_TASKS.index("Edema"), CHEXPERT_TASKS.index("Cardiomegaly")
+    expected_edema = {"mixed": (1, 1), "u_ones": (1, 1), "u_zeros": (0, 1), "u_ignore": (0, 0)}
+    for policy in POLICIES:
+        ds, meta = datasets.load("chexpert_v1", "train", data_dir=tmp_path / "t", uncertainty_policy=policy)
+        rows = list(ds.as_numpy_iterator())
+        assert len(rows) == meta.num_examples > 0
+        labels = np.stack([r["labels"] for r in rows])
+        mask = np.stack([r["label_mask"] for r in rows])
+        assert {(labels[i, edema], mask[i, edema]) for i in range(len(rows))} == {expected_edema[policy]}
+        assert set(labels[:, cardio]) == {0} and set(mask[:, cardio]) == {1}
+        probs = np.random.default_rng(0).random(labels.shape)
+        with pytest.warns(RuntimeWarning, match="Cardiomegaly"):
+            result = metrics.multilabel_metrics(probs, labels, mask, list(CHEXPERT_TASKS))
+        assert result["auc_Cardiomegaly"] is None and result["auc_Edema"] is None
+        assert result["mean_auc"] is None or 0 <= result["mean_auc"] <= 1
+
+
+# --- 35-47: flags, checkpoints and training, through experiment.run --------------------------------
+
+@pytest.fixture(scope="module")
+def generic(tmp_path_factory):
+    """A built generic dataset (12 cases) shared by the experiment-level cases."""
+    root = tmp_path_factory.mktemp("generic")
+    manual = fixtures.write_generic_cases(root / "manual", num_cases=12)
+    datasets.builder_for("derm_cases/generic", root / "tfds", manual)
+    return root, manual
+
+
+def run_error(root, manual, error=SimclrMedError, **changes) -> str:
+    fields = dict(TINY, dataset="derm_cases/generic", manual_dir=str(manual), data_dir=str(root / "tfds"),
+                  model_dir=str(root / "run"))
+    fields.update(changes)
+    with pytest.raises(error) as err:
+        experiment.run(Config(**fields))
+    message = str(err.value)
+    assert "\n" not in message and message.strip(), message
+    return message
+
+
+def test_contradictory_flags(generic):
+    root, manual = generic
+    assert "--method=micle only applies to --train_mode=pretrain" in run_error(
+        root, manual, ConfigError, method="micle", train_mode="finetune")
+    assert "--label_fraction=0.0 must be in (0, 1]" in run_error(root, manual, ConfigError, label_fraction=0.0)
+    assert "--augmentation: unknown augmentation 'fancy'; expected one of simclr" in run_error(
+        root, manual, ConfigError, augmentation="fancy")
+    assert "unknown dataset 'imagenet'; valid names: demo, derm_cases/generic" in run_error(
+        root, manual, DataError, dataset="imagenet")
+    assert "derm_cases/generic has no split 'training'; splits: test, train, validation" in run_error(
+        root, manual, DataError, train_split="training")
+    assert "label_fraction=0.05 leaves class" in run_error(root, manual, DataError, train_mode="finetune",
+                                                           label_fraction=0.05)
+
+
+def test_bad_run_and_data_directories(generic, tmp_path):
+    root, manual = generic
+    (tmp_path / "file").write_text("not a directory")
+    assert f"--model_dir={tmp_path / 'file'} exists and is not a directory" in run_error(
+        root, manual, ConfigError, model_dir=str(tmp_path / "file"))
+    assert "--model_dir is required" in run_error(root, manual, ConfigError, mode="eval", model_dir="")
+    assert f"data_dir '{tmp_path / 'file'}' is not a directory" in run_error(
+        root, manual, DataError, data_dir=str(tmp_path / "file"))
+
+
+def test_eval_without_a_checkpoint(generic, tmp_path):
+    root, manual = generic
+    assert f"{tmp_path / 'a'}: no checkpoint to evaluate (train first)" in run_error(
+        root, manual, CheckpointError, mode="eval", model_dir=str(tmp_path / "a"))
+    assert f"{tmp_path / 'b'} holds no trained classifier (classes.json missing)" in run_error(
+        root, manual, CheckpointError, mode="eval", train_mode="finetune", model_dir=str(tmp_path / "b"))
+    assert not tf.io.gfile.glob(str(tmp_path / "*" / "ckpt-*")) and not (tmp_path / "a" / "result.json").exists()
+
+
+def test_micle_on_a_dataset_without_bags(tmp_path):
+    manual = fixtures.write_chexpert(tmp_path / "cx")
+    message = run_error(tmp_path, manual, DataError, dataset="chexpert_v1", method="micle",
+                        model_dir=str(tmp_path / "run"))
+    assert "--method=micle needs cases with several images, but every example of chexpert_v1/train has one" in message
+    assert not tf.io.gfile.glob(str(tmp_path / "run*" / "ckpt-*"))
+
+
+def test_bad_init_checkpoints(generic, tmp_path):
+    root, manual = generic
+    finetune = dict(train_mode="finetune", model_dir=str(tmp_path / "run"))
+    assert f"--checkpoint={tmp_path / 'nope'}: not a run directory, checkpoint prefix or Keras weights file" in \
+        run_error(root, manual, CheckpointError, checkpoint=str(tmp_path / "nope"), **finetune)
+    (tmp_path / "empty_run").mkdir()
+    assert "directory holds no checkpoint" in run_error(root, manual, CheckpointError,
+                                                        checkpoint=str(tmp_path / "empty_run"), **finetune)
+    (tmp_path / "damaged.weights.h5").write_bytes(b"\x00" * 64)
+    assert f"--checkpoint={tmp_path / 'damaged.weights.h5'}: cannot be read (" in run_error(
+        root, manual, CheckpointError, checkpoint=str(tmp_path / "damaged.weights.h5"), **finetune)
+
+    deep = resnet.build_resnet(34, input_shape=(32, 32, 3))  # a depth-34 pretraining run's encoder
+    tf.train.Checkpoint(model=tf.train.Checkpoint(encoder=deep)).write(str(tmp_path / "r34" / "ckpt-5"))
+    message = run_error(root, manual, CheckpointError, checkpoint=str(tmp_path / "r34" / "ckpt-5"), **finetune)
+    assert f"--checkpoint={tmp_path / 'r34' / 'ckpt-5'}: does not fit this encoder (--resnet_depth" in message
+    assert not tf.io.gfile.glob(str(tmp_path / "run" / "ckpt-*"))  # nothing trained from a half-loaded model
+
+
+def test_nan_loss_names_the_step_and_saves_nothing(generic, tmp_path):
+    root, manual = generic
+    message = run_error(root, manual, NonFiniteLossError, temperature=1e-45, model_dir=str(tmp_path / "run"),
+                        train_steps=3)
+    assert message.startswith("step 1: the loss became NaN/Inf; stopped without saving")
+    assert tf.train.latest_checkpoint(str(tmp_path / "run")) is None
+    assert not tf.io.gfile.glob(str(tmp_path / "run*" / "ckpt-*"))
+
+
+# --- 36, 38, 42, 48 through run.py: one line on stderr, no traceback ---------------------------------
+
+def _cli(args, cwd):
+    return subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+def test_run_py_prints_one_line_errors_without_traceback(generic, tmp_path):
+    root, manual = generic
+    common = [f"--data_dir={root / 'tfds'}", "--resnet_depth=18", "--image_size=32", "--train_batch_size=4",
+              "--train_steps=1"]
+    cases = {  # flags → expected message; started together, since each pays for importing TensorFlow
+        ("--dataset=derm_cases/generic", f"--manual_dir={manual}", "--augmentation=fancy"):
+            "simclr-med: error: --augmentation: unknown augmentation 'fancy'",
+        ("--dataset=derm_cases/generic", f"--manual_dir={manual}", "--train_mode=finetune",
+         f"--checkpoint={tmp_path / 'nope'}"): f"simclr-med: error: --checkpoint={tmp_path / 'nope'}: not a run",
+    }
+    fast = {  # refused before TensorFlow loads
+        ("--method=micle", "--train_mode=finetune"):
+            (2, "simclr-med: error: --method=micle only applies to --train_mode=pretrain"),
+        ("--train_steps=abc",): (1, "Flags parsing error: flag --train_steps=abc"),
+        ("--no_such_flag=1",): (1, "Unknown command line flag 'no_such_flag'"),
+    }
+    procs = {args: _cli([*common, f"--model_dir={tmp_path / f'run{i}'}", *args], tmp_path)
+             for i, args in enumerate(cases)}
+    for args, (code, expected) in fast.items():
+        done = subprocess.run([sys.executable, str(REPO / "run.py"), *common, f"--model_dir={tmp_path / 'run'}",
+                               *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == code and expected in done.stderr and "Traceback" not in done.stderr, done.stderr
+    for args, proc in procs.items():
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2, err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+        [line] = [ln for ln in err.splitlines() if ln.startswith("simclr-med: error:")]
+        assert line.startswith(cases[args]), line
+    assert not tf.io.gfile.glob(str(tmp_path / "run*" / "ckpt-*"))
