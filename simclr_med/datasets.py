@@ -6,6 +6,7 @@ one build serves every experiment.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -80,6 +81,18 @@ def _demo_dirs(data_dir) -> tuple[Path, Path]:
     return root / "demo_tfds", manual
 
 
+@contextlib.contextmanager
+def _own_tempdir():
+    """A temporary directory for Python's `tempfile`, removed afterwards: TFDS makes an empty one
+    that it never removes each time it creates an unprepared builder (initialize_from_bucket)."""
+    with tempfile.TemporaryDirectory(prefix="simclr_med_tfds_") as tmp:
+        previous, tempfile.tempdir = tempfile.tempdir, tmp
+        try:
+            yield
+        finally:
+            tempfile.tempdir = previous
+
+
 def builder_for(name: str, data_dir, manual_dir=None) -> tfds.core.DatasetBuilder:
     """The prepared TFDS builder of `name`, built from `manual_dir` if data_dir has none yet.
 
@@ -94,7 +107,8 @@ def builder_for(name: str, data_dir, manual_dir=None) -> tfds.core.DatasetBuilde
         if manual_dir:
             raise DataError("the demo dataset writes its own data; do not pass manual_dir with it")
         data_dir, manual_dir = _demo_dirs(data_dir)
-    builder = tfds.builder(tfds_name, data_dir=os.fspath(data_dir) if data_dir else None)
+    with _own_tempdir():
+        builder = tfds.builder(tfds_name, data_dir=os.fspath(data_dir) if data_dir else None)
     if manual_dir and not Path(manual_dir).is_dir():
         raise DataError(f"manual_dir {os.fspath(manual_dir)!r} is not a directory")
     if builder.is_prepared():

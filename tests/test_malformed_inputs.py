@@ -92,7 +92,6 @@ import os
 import struct
 import subprocess
 import sys
-import warnings
 import zlib
 from pathlib import Path
 
@@ -234,10 +233,13 @@ def test_unusual_images_work_and_bad_ones_in_bags_are_skipped(tmp_path):
         np.testing.assert_allclose(image.reshape(-1, 3).mean(0), rgb, atol=tol, err_msg=case)
         np.testing.assert_allclose(image.reshape(-1, 3).std(0), 0, atol=tol, err_msg=case)
 
-    ds, _ = datasets.load("derm_cases/generic", "train", data_dir=tmp_path / "t")
-    views = pipelines.pretrain_dataset(ds, method="simclr", batch_size=16, image_size=16, augmentation="simclr")
-    views = next(iter(views))["view1"].numpy()  # random resized crops of 1-pixel images too
-    assert views.shape == (16, 16, 16, 3) and np.isfinite(views).all()
+    every_split = [datasets.load("derm_cases/generic", s, data_dir=tmp_path / "t")[0] for s in builder.info.splits]
+    ds = every_split[0].concatenate(every_split[1]).concatenate(every_split[2])
+    views = pipelines.pretrain_dataset(ds, method="simclr", batch_size=16, image_size=16, augmentation="simclr",
+                                       with_ids=True)
+    views = next(iter(views))  # 16 views: each of the 11 images at least once, in random resized crops
+    assert {i.decode().rsplit("/", 1)[1] for i in views["id1"].numpy()} >= {n for n, *_ in UNUSUAL.values()}
+    assert views["view1"].shape == (16, 16, 16, 3) and np.isfinite(views["view1"].numpy()).all()
 
 
 def test_decompression_bomb_alone_in_a_case_fails(tmp_path):
