@@ -212,14 +212,7 @@ def load_run_metrics(path: str, graded: bool = False) -> dict:
     """Metrics of one run: a result.json (flat dict) or a predictions .npz (computed)."""
     if str(path).endswith(".npz"):
         return metrics_lib.compute_metrics(metrics_lib.load_predictions(path), graded=graded)
-    try:
-        with open(path) as f:
-            result = json.load(f)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(result, dict):
-        raise DataError(f"{path}: expected a JSON object of metrics")
-    return result
+    return metrics_lib.load_result(path)
 
 
 # ---------------------------------------------------------------- subgroups

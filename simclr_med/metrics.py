@@ -11,6 +11,7 @@ the labels has no per-class key (its recall and AUC are undefined).
 """
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Sequence
 
@@ -152,6 +153,18 @@ def compute_metrics(pred: dict, graded: bool = False) -> dict:
     exclude = [c for c in class_names if c not in tasks] if tasks else ("Other",)
     return multiclass_metrics(pred["probs"], pred["labels"], class_names, exclude=exclude,
                               graded=graded)
+
+
+def load_result(path) -> dict:
+    """A result.json (a flat JSON object of metrics), with a one-line error for anything else."""
+    try:
+        with open(path) as f:
+            result = json.load(f)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(result, dict):
+        raise DataError(f"{path}: expected a JSON object of metrics")
+    return result
 
 
 def load_predictions(path) -> dict:

@@ -10,7 +10,6 @@ touches pyplot's global backend.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from collections import defaultdict
@@ -22,6 +21,7 @@ from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
 
 from simclr_med.errors import DataError
+from simclr_med.metrics import load_result
 
 RESULT_FILE_KEY = "result_file"  # added by load_results so errors can name the file
 # Below this many points exact t-SNE is faster than Barnes-Hut, whose threads mostly wait.
@@ -32,17 +32,7 @@ EXACT_TSNE_MAX_POINTS = 500
 
 def load_results(paths: Sequence[str]) -> list[dict]:
     """Read result.json files (flat dicts); each gets its path under RESULT_FILE_KEY."""
-    results = []
-    for path in paths:
-        try:
-            with open(path) as f:
-                result = json.load(f)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}: not valid JSON ({err})") from None
-        if not isinstance(result, dict):
-            raise DataError(f"{path}: expected a JSON object")
-        results.append({**result, RESULT_FILE_KEY: str(path)})
-    return results
+    return [{**load_result(path), RESULT_FILE_KEY: str(path)} for path in paths]
 
 
 def default_group_by(results: Sequence[dict]) -> list[str]:
