@@ -9,8 +9,10 @@ The input pipeline runs on the host CPU, where a TF op costs microseconds of ove
 augmentation runs in two stages:
   * geometry, in graph mode because crop sizes vary: decode (only the crop window when a JPEG
     gives a single view), crop and bilinear resize to the output size;
-  * photometric (flip, colour, blur, rotation), one XLA-compiled call for all views of an
-    image, which fuses the per-pixel work into a few loops.
+  * photometric (flip, colour, blur, rotation), one XLA-compiled call for all the views made
+    together (the pipelines augment a few images per call), fusing the per-pixel work into a
+    few loops. On 2 CPU cores this makes the SimCLR preset with blur a little cheaper than
+    google-research/simclr's augmentation without it (benchmarks/input_pipeline.py).
 """
 from __future__ import annotations
 
@@ -136,15 +138,13 @@ def _crops(image, window_fn, num_views, size):
                      for v in range(num_views)])
 
 
-# --- photometric transforms of a stack of views [V, S, S, 3], per-view parameters [V] -------------
-# Written as broadcast per-pixel arithmetic with per-view parameters instead of conditionals and
-# MatMul/conv kernels: under XLA each becomes one or two fused loops whose size and compile time
-# do not depend on the number of views.
+# --- photometric transforms of one float32 [S, S, 3] view ------------------------------------------
+# Written as per-pixel arithmetic (no MatMul/conv kernels): under XLA each becomes a fused loop,
+# whereas on a CPU even a [S·S, 3] × [3, 3] MatMul costs ~25 µs of kernel overhead.
 
-def _color_map(images, matrix):
-    """out[v, ..., i] = Σ_j matrix[v, i, j] · images[v, ..., j] for matrix [V, 3, 3]."""
-    m = matrix[:, None, None]  # [V, 1, 1, 3, 3]
-    return images[..., 0:1] * m[..., 0] + images[..., 1:2] * m[..., 1] + images[..., 2:3] * m[..., 2]
+def _color_matrix(image, matrix):
+    """out[..., i] = Σ_j matrix[i, j] · image[..., j]."""
+    return image[..., 0:1] * matrix[:, 0] + image[..., 1:2] * matrix[:, 1] + image[..., 2:3] * matrix[:, 2]
 
 
 def _yiq_hue_basis():
@@ -160,131 +160,116 @@ def _yiq_hue_basis():
 
 _HUE_A, _HUE_B, _HUE_C = _yiq_hue_basis()
 _GRAY_MATRIX = np.tile(GRAY_WEIGHTS[None], [3, 1])
-_EYE = np.eye(3, dtype=np.float32)
 
 
-def color_jitter(images, brightness, contrast, saturation, hue, order):
-    """Brightness, contrast, saturation and hue changes applied in a per-view order.
+def color_jitter(image, strength, u):
+    """SimCLR colour jitter: brightness, contrast, saturation (0.8·s) and hue (0.2·s), random order.
 
-    brightness/contrast/saturation are factors ([V]; 1 = unchanged), hue a shift in turns ([V]),
-    `order` a permutation of (0 brightness, 1 contrast, 2 saturation, 3 hue) per view ([V, 4]).
-    Brightness multiplies (SimCLR v2), contrast scales about the per-channel mean
-    (tf.image.adjust_contrast), saturation blends with the grayscale image (torchvision) and hue
-    rotates the YIQ chroma plane. As in SimCLR the result is clipped to [0, 1] after every step,
-    which is what makes the order matter.
-    """
-    factor = lambda f: f[:, None, None] * _EYE  # noqa: E731
-    theta = (2.0 * math.pi * hue)[:, None, None]
-    matrices = tf.stack([  # [V, 4, 3, 3]: each change as a colour matrix
-        factor(brightness),
-        factor(contrast),
-        factor(saturation) + (1.0 - saturation)[:, None, None] * _GRAY_MATRIX,
-        _HUE_A + tf.cos(theta) * _HUE_B + tf.sin(theta) * _HUE_C,
-    ], axis=1)
-    for step in range(4):
-        op = order[:, step]
-        # Contrast also adds (1 − f) · mean of the image as it is at this step.
-        offset = tf.where(op == 1, 1.0 - contrast, 0.0)[:, None] * tf.reduce_mean(images, axis=[1, 2])
-        shifted = _color_map(images, tf.gather(matrices, op, batch_dims=1)) + offset[:, None, None, :]
-        images = tf.clip_by_value(shifted, 0.0, 1.0)
-    return images
-
-
-def sample_color_jitter(u, strength, apply):
-    """SimCLR's jitter parameters from 8 uniforms per view ([V, 8]); identity where not `apply`.
-
-    brightness U(max(0, 1 − 0.8s), 1 + 0.8s), contrast and saturation U(1 − 0.8s, 1 + 0.8s), hue
-    U(−0.2s, 0.2s), order uniform over the 24 permutations.
+    `u` is COLOR_JITTER_DRAWS uniforms. Brightness multiplies (SimCLR v2), contrast scales about
+    the per-channel mean (tf.image.adjust_contrast), saturation blends with the grayscale image
+    (torchvision) and hue rotates the YIQ chroma plane by up to ±0.2·s turns. As in SimCLR the
+    image is clipped to [0, 1] after every step, which is what makes the order matter. The steps
+    run as a loop around one switch so that XLA compiles the four transforms once, not 4 × 4
+    times (conditionals dominate XLA's compile time).
     """
     b = c = s = 0.8 * strength
-    low = np.array([max(1.0 - b, 0.0), 1.0 - c, 1.0 - s, -0.2 * strength], np.float32)
-    high = np.array([1.0 + b, 1.0 + c, 1.0 + s, 0.2 * strength], np.float32)
-    params = tf.where(apply[:, None], _lerp(low, high, u[:, :4]), [1.0, 1.0, 1.0, 0.0])
-    return dict(zip(("brightness", "contrast", "saturation", "hue"), tf.unstack(params, axis=1)),
-                order=tf.argsort(u[:, 4:8], axis=1))
+    brightness = _lerp(max(1.0 - b, 0.0), 1.0 + b, u[0])
+    contrast = _lerp(1.0 - c, 1.0 + c, u[1])
+    saturation = _lerp(1.0 - s, 1.0 + s, u[2])
+    theta = 2.0 * math.pi * _lerp(-0.2 * strength, 0.2 * strength, u[3])
+    saturation_matrix = saturation * np.eye(3, dtype=np.float32) + (1.0 - saturation) * _GRAY_MATRIX
+    hue_matrix = _HUE_A + tf.cos(theta) * _HUE_B + tf.sin(theta) * _HUE_C
+    order = tf.argsort(u[4:8])
+
+    def step(k, x):
+        x = tf.switch_case(order[k], [
+            lambda: x * brightness,
+            lambda: tf.image.adjust_contrast(x, contrast),
+            lambda: _color_matrix(x, saturation_matrix),
+            lambda: _color_matrix(x, hue_matrix),
+        ])
+        return k + 1, tf.clip_by_value(x, 0.0, 1.0)
+
+    return tf.while_loop(lambda k, x: k < 4, step, (tf.constant(0), image), maximum_iterations=4)[1]
 
 
-def grayscale(images, apply):
-    """Luma (as 3 channels, so the input shape is unchanged) where `apply` ([V] bool)."""
-    return _color_map(images, tf.where(apply[:, None, None], _GRAY_MATRIX, _EYE))
+def to_grayscale(image):
+    """Luma, kept as 3 channels so the network input shape is unchanged."""
+    gray = _color_matrix(image, _GRAY_MATRIX[:1])
+    return tf.concat([gray, gray, gray], axis=-1)
 
 
-def gaussian_blur(images, sigma, kernel_size):
-    """Separable Gaussian blur with per-view σ ([V]; 0 = no blur) and reflected borders.
+def gaussian_blur(image, sigma, kernel_size):
+    """Separable Gaussian blur with reflected borders; `kernel_size` as SimCLR (10% of the side).
 
-    The radius is kernel_size // 2, kernel_size being 10% of the side as in SimCLR (64 px → 7
-    taps). Each pass is a sum of shifted copies, which XLA fuses into one loop.
+    The radius is kernel_size // 2 (64 px → 7 taps). Each pass is a sum of shifted copies, which
+    XLA fuses into one loop.
     """
     radius = kernel_size // 2
-    height, width = images.shape[1], images.shape[2]
+    height, width = image.shape[0], image.shape[1]
     if radius < 1:
-        return images
+        return image
     if radius >= min(height, width):
-        raise ValueError(f"gaussian_blur: kernel radius {radius} too large for images of shape {images.shape}")
+        raise ValueError(f"gaussian_blur: kernel radius {radius} too large for an image of shape {image.shape}")
     taps = np.arange(-radius, radius + 1, dtype=np.float32)
-    weights = tf.exp((-0.5 * taps ** 2) / tf.maximum(tf.square(sigma), 1e-12)[:, None])  # σ = 0 → [0 .. 1 .. 0]
-    weights = (weights / tf.reduce_sum(weights, axis=1, keepdims=True))[:, :, None, None, None]
-    padded = tf.pad(images, [[0, 0], [radius, radius], [0, 0], [0, 0]], mode="REFLECT")
-    images = tf.add_n([weights[:, t] * padded[:, t:t + height] for t in range(taps.size)])
-    padded = tf.pad(images, [[0, 0], [0, 0], [radius, radius], [0, 0]], mode="REFLECT")
-    return tf.add_n([weights[:, t] * padded[:, :, t:t + width] for t in range(taps.size)])
+    weights = tf.exp((-0.5 * taps ** 2) / tf.square(sigma))
+    weights = weights / tf.reduce_sum(weights)
+    padded = tf.pad(image, [[radius, radius], [0, 0], [0, 0]], mode="REFLECT")
+    image = tf.add_n([weights[t] * padded[t:t + height] for t in range(taps.size)])
+    padded = tf.pad(image, [[0, 0], [radius, radius], [0, 0]], mode="REFLECT")
+    return tf.add_n([weights[t] * padded[:, t:t + width] for t in range(taps.size)])
 
 
-def rotate(images, angle):
-    """Rotate each view about its centre by `angle` radians ([V]); bilinear, zero outside.
+def rotate(image, angle):
+    """Rotate a [H, W, 3] image about its centre by `angle` radians; bilinear, zero outside.
 
     Gather-based so that it compiles with XLA (ImageProjectiveTransformV3 does not).
     """
-    height, width = images.shape[1], images.shape[2]
+    height, width = image.shape[0], image.shape[1]
     cy, cx = (height - 1) / 2.0, (width - 1) / 2.0
     yy, xx = np.meshgrid(np.arange(height, dtype=np.float32) - cy, np.arange(width, dtype=np.float32) - cx,
                          indexing="ij")
-    cos, sin = tf.cos(angle)[:, None, None], tf.sin(angle)[:, None, None]
-    src_y = cos * yy - sin * xx + cy  # [V, H, W]: the input pixel each output pixel samples
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    src_y = cos * yy - sin * xx + cy  # the input pixel each output pixel samples
     src_x = sin * yy + cos * xx + cx
     y0, x0 = tf.floor(src_y), tf.floor(src_x)
-    flat = tf.reshape(images, [-1, height * width, 3])
+    flat = tf.reshape(image, [height * width, 3])
     out = 0.0
     for dy, wy in ((0.0, 1.0 - (src_y - y0)), (1.0, src_y - y0)):
         for dx, wx in ((0.0, 1.0 - (src_x - x0)), (1.0, src_x - x0)):
             py, px = y0 + dy, x0 + dx
             inside = (py >= 0) & (py <= height - 1) & (px >= 0) & (px <= width - 1)
             index = tf.clip_by_value(py, 0, height - 1) * width + tf.clip_by_value(px, 0, width - 1)
-            out += tf.where(inside, wy * wx, 0.0)[..., None] * tf.gather(flat, tf.cast(index, tf.int32), batch_dims=1)
+            out += tf.where(inside, wy * wx, 0.0)[..., None] * tf.gather(flat, tf.cast(index, tf.int32))
     return out
 
 
-def flip_left_right(images, apply):
-    """Mirror the views where `apply` ([V] bool)."""
-    return tf.where(apply[:, None, None, None], tf.reverse(images, axis=[2]), images)
+def random_apply(fn, p, u, image):
+    """fn(image) if u < p else image, where u ~ U(0, 1) is the caller's draw."""
+    return tf.cond(u < p, lambda: fn(image), lambda: image)
 
 
-def adjust_contrast(images, factor):
-    """Scale each view about its per-channel mean by `factor` ([V])."""
-    mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
-    return (images - mean) * factor[:, None, None, None] + mean
+def _flip(image, u):
+    return tf.where(u < 0.5, tf.reverse(image, axis=[1]), image)
 
 
-# --- presets: the photometric part of each (u: [V, num_draws] uniforms) -------------------------
+# --- presets: the photometric part of each, per view (u: that view's uniforms) ------------------
 
 def _simclr(x, u, strength):
     """SimCLR (Derm): flip, jitter p=0.8, grayscale p=0.2, Gaussian blur p=0.5 with σ ~ U(0.1, 2).
 
     Every step keeps values in [0, 1] (jitter clips; gray and blur are convex combinations).
     """
-    x = flip_left_right(x, u[:, 0] < 0.5)
-    x = color_jitter(x, **sample_color_jitter(u[:, 5:], strength, u[:, 1] < 0.8))
-    x = grayscale(x, u[:, 2] < 0.2)
-    sigma = tf.where(u[:, 3] < 0.5, _lerp(0.1, 2.0, u[:, 4]), 0.0)
-    return tf.cond(tf.reduce_any(sigma > 0.0),
-                   lambda: gaussian_blur(x, sigma, x.shape[1] // 10), lambda: x)
+    x = random_apply(lambda v: color_jitter(v, strength, u[5:]), 0.8, u[1], _flip(x, u[0]))
+    x = random_apply(to_grayscale, 0.2, u[2], x)
+    sigma = _lerp(0.1, 2.0, u[4])
+    return random_apply(lambda v: gaussian_blur(v, sigma, x.shape[0] // 10), 0.5, u[3], x)
 
 
 def _chexpert_pretrain(x, u, strength):
     """CheXpert pretraining: jitter with s = 0.5·strength (p=0.8), rotation U(−45°, 45°), flip; no blur."""
-    x = color_jitter(x, **sample_color_jitter(u[:, 3:], 0.5 * strength, u[:, 0] < 0.8))
-    x = rotate(x, math.radians(45.0) * (2.0 * u[:, 1] - 1.0))
-    return flip_left_right(x, u[:, 2] < 0.5)
+    x = random_apply(lambda v: color_jitter(v, 0.5 * strength, u[3:]), 0.8, u[0], x)
+    return _flip(rotate(x, math.radians(45.0) * (2.0 * u[1] - 1.0)), u[2])
 
 
 def _chexpert_finetune(x, u, strength):
@@ -295,22 +280,22 @@ def _chexpert_finetune(x, u, strength):
     so that JPEGs still decode only the crop window.
     """
     del strength
-    x = flip_left_right(rotate(x, math.radians(20.0) * (2.0 * u[:, 0] - 1.0)), u[:, 1] < 0.5)
-    x = adjust_contrast(x + _lerp(-0.2, 0.2, u[:, 2])[:, None, None, None], _lerp(0.8, 1.2, u[:, 3]))
+    x = _flip(rotate(x, math.radians(20.0) * (2.0 * u[0] - 1.0)), u[1])
+    x = tf.image.adjust_contrast(x + _lerp(-0.2, 0.2, u[2]), _lerp(0.8, 1.2, u[3]))
     return tf.clip_by_value(x, 0.0, 1.0)
 
 
 def _crop_only(x, u, strength):
     del strength
-    return flip_left_right(x, u[:, 0] < 0.5)
+    return _flip(x, u[0])
 
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """One recipe: how views are cut out (`window`) and what happens to them afterwards.
+    """One recipe: how views are cut out (`window`) and what happens to each view afterwards.
 
-    `photometric(views, u, color_jitter_strength)` gets `num_draws` uniforms per view
-    (u: [V, num_draws]); None means the resized crops are the result.
+    `photometric(view, u, color_jitter_strength)` gets `num_draws` uniforms `u`; None means the
+    resized crop is the result.
     """
     window: str  # resized | random | center
     num_draws: int
@@ -337,31 +322,50 @@ def get_preset(name: str) -> Preset:
 
 @tf.function(jit_compile=True)
 def _photometric(views, u, photometric, strength):
-    """All views of one image in a single XLA call (one launch instead of hundreds of small ops)."""
-    return photometric(views, u, strength)
+    """All views of one image in one XLA call (one launch instead of hundreds of small ops).
 
-
-def augment_views(image, preset: str, image_size: int, seed, num_views: int = 1,
-                  color_jitter_strength: float = 1.0) -> tf.Tensor:
-    """`num_views` independent augmentations of one image: float32 [num_views, S, S, 3] in [0, 1].
-
-    `image` is encoded bytes or a decoded [H, W, C] tensor; `seed` a stateless seed (shape [2]).
-    For chexpert_pretrain, `color_jitter_strength` scales the preset's own strength of 0.5.
+    A map over the views, so that XLA compiles the per-view code once.
     """
+    return tf.map_fn(lambda args: photometric(args[0], args[1], strength), (views, u),
+                     fn_output_signature=tf.TensorSpec(views.shape[1:], tf.float32))
+
+
+def augment_images(images, preset: str, image_size: int, seed, views_per_image: int = 1,
+                   color_jitter_strength: float = 1.0) -> tf.Tensor:
+    """Independent augmentations of several images: float32 [len(images) · views, S, S, 3] in [0, 1].
+
+    `images` is a list of images (encoded bytes or decoded [H, W, C] tensors) or a 1-D string
+    tensor of static length; rows [i·V, (i+1)·V) are the views of image i. The views of one image
+    share its decode; an image with a single view decodes only its crop window (JPEG). All
+    photometric work runs in one XLA call. `seed` is a stateless seed (shape [2]). For
+    chexpert_pretrain, `color_jitter_strength` scales the preset's own strength of 0.5.
+    """
+    if isinstance(images, tf.Tensor) and images.dtype == tf.string and images.shape.rank == 1:
+        images = tf.unstack(images)
     recipe = get_preset(preset)
-    u = tf.random.stateless_uniform([num_views, CROP_DRAWS + recipe.num_draws], seed)
-    if recipe.window == "resized":
-        window_fn = lambda h, w: resized_crop_windows(h, w, u[:, :CROP_DRAWS])  # noqa: E731
-    elif recipe.window == "random":
-        window_fn = lambda h, w: random_crop_windows(h, w, u[:, :CROP_DRAWS])  # noqa: E731
-    else:
-        window_fn = lambda h, w: center_crop_windows(h, w, num_views)  # noqa: E731
-    views = crop_and_resize(image, image_size, window_fn, num_views)
+    v = views_per_image
+    u = tf.random.stateless_uniform([len(images) * v, CROP_DRAWS + recipe.num_draws], seed)
+    views = tf.concat([crop_and_resize(image, image_size, _window_fn(recipe, u[i * v:(i + 1) * v], v), v)
+                       for i, image in enumerate(images)], axis=0)
     if recipe.photometric is None:
         return views
     return _photometric(views, u[:, CROP_DRAWS:], recipe.photometric, float(color_jitter_strength))
 
 
+def augment_views(image, preset: str, image_size: int, seed, num_views: int = 1,
+                  color_jitter_strength: float = 1.0) -> tf.Tensor:
+    """`num_views` independent augmentations of one image: float32 [num_views, S, S, 3] in [0, 1]."""
+    return augment_images([image], preset, image_size, seed, num_views, color_jitter_strength)
+
+
 def augment(image, preset: str, image_size: int, seed, color_jitter_strength: float = 1.0) -> tf.Tensor:
     """One augmented view of `image`: float32 [image_size, image_size, 3] in [0, 1]."""
-    return augment_views(image, preset, image_size, seed, 1, color_jitter_strength)[0]
+    return augment_images([image], preset, image_size, seed, 1, color_jitter_strength)[0]
+
+
+def _window_fn(recipe, u, num_views):
+    if recipe.window == "resized":
+        return lambda h, w: resized_crop_windows(h, w, u[:, :CROP_DRAWS])
+    if recipe.window == "random":
+        return lambda h, w: random_crop_windows(h, w, u[:, :CROP_DRAWS])
+    return lambda h, w: center_crop_windows(h, w, num_views)
