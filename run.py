@@ -9,7 +9,9 @@ import logging
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from simclr_med import tf_env
+
+tf_env.configure()  # before anything imports TensorFlow
 
 from absl import app, flags  # noqa: E402
 

@@ -89,20 +89,25 @@ def set_threads(intra_op: int = 0, inter_op: int = 0) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(inter_op)
 
 
-def onednn_enabled() -> bool | None:
-    """Whether TF runs its oneDNN kernels. Unset TF_ENABLE_ONEDNN_OPTS means on only for CPUs
-    with AVX-512 VNNI/BF16 or AMX, so on AVX2 machines the (much slower) Eigen kernels run."""
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-    except ImportError:  # private module; absent in some builds
-        return None
-    return bool(_pywrap_util_port.IsMklEnabled())
+def add_onednn_flag(parser) -> None:
+    parser.add_argument("--onednn", choices=["1", "0", "tf"], default="1",
+                        help="TF_ENABLE_ONEDNN_OPTS: 1 as run.py sets it, 0 Eigen kernels, tf TensorFlow's own choice")
+
+
+def apply_onednn_flag(value: str) -> None:
+    """Sets the kernels' environment variable; TensorFlow reads it once, so call before importing it."""
+    if value == "tf":
+        os.environ.pop("TF_ENABLE_ONEDNN_OPTS", None)
+    else:
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = value
 
 
 def environment() -> dict:
     """Versions, thread settings and the environment flags that change TF's CPU kernels."""
     import keras
     import tensorflow as tf
+
+    from simclr_med.conv import onednn_enabled
 
     return {
         "onednn": onednn_enabled(),

@@ -29,6 +29,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from simclr_med import tf_env  # noqa: E402
+
+tf_env.configure()  # run.py's kernels
+
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 

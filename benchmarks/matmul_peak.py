@@ -41,11 +41,9 @@ def main(argv=None):
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 3072, 4096])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--intra_op_threads", type=int, default=0)
-    parser.add_argument("--onednn", choices=["default", "0", "1"], default="default",
-                        help="sets TF_ENABLE_ONEDNN_OPTS (TensorFlow must not be imported yet)")
+    common.add_onednn_flag(parser)
     args = parser.parse_args(argv)
-    if args.onednn != "default":
-        os.environ["TF_ENABLE_ONEDNN_OPTS"] = args.onednn
+    common.apply_onednn_flag(args.onednn)
     common.set_threads(intra_op=args.intra_op_threads)
     result = measure_matmul_peak(tuple(args.sizes), args.repeats)
     common.emit({"benchmark": "matmul_peak", **result, "load_avg": common.load_average(),

@@ -18,6 +18,11 @@ import os
 import sys
 import tempfile
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common  # noqa: E402
+
 REFERENCE_VIEWS_PER_S = 58.4
 TARGET_VIEWS_PER_S = 82.0
 REFERENCE_PEAK_RSS_GIB = 2.7
@@ -40,8 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--xla", action="store_true", help="jit_compile the train step")
     p.add_argument("--intra_op_threads", type=int, default=0, help="0: TF default")
     p.add_argument("--inter_op_threads", type=int, default=0, help="0: TF default")
-    p.add_argument("--onednn", choices=["default", "0", "1"], default="default",
-                   help="sets TF_ENABLE_ONEDNN_OPTS before TensorFlow is imported")
+    common.add_onednn_flag(p)
     p.add_argument("--peak_gflops", type=float, default=0.0,
                    help="matmul peak to compare with; 0 measures it after the run (same load)")
     p.add_argument("--real_pipeline", action="store_true",
@@ -115,7 +119,6 @@ def time_train_function(model, dataset, strategy, *, steps: int, warmup: int) ->
     """
     import time
 
-    from benchmarks import common
 
     model.make_train_function()
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
@@ -132,7 +135,6 @@ def time_train_function(model, dataset, strategy, *, steps: int, warmup: int) ->
 
 
 def run(args) -> list[dict]:
-    from benchmarks import common
 
     load_at_start = common.load_average()
     common.set_threads(args.intra_op_threads, args.inter_op_threads)
@@ -203,10 +205,7 @@ def measure_peak() -> float:
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.onednn != "default":
-        os.environ["TF_ENABLE_ONEDNN_OPTS"] = args.onednn  # read once, when TF loads its kernels
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    common.apply_onednn_flag(args.onednn)
     run(args)
 
 

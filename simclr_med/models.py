@@ -15,8 +15,9 @@ from simclr_med import losses
 class _GuardedModel(keras.Model):
     """Shared step mechanics: loss scaling, gradient application, non-finite accounting.
 
-    A non-finite loss is counted in `nonfinite_steps` and kept out of the loss metrics, so the
-    NaN guard callback can name the step while the logged curves stay readable.
+    A step with a non-finite loss or gradient is counted in `nonfinite_steps` (and a non-finite
+    loss kept out of the loss metrics), so the NaN guard callback can name the step while the
+    logged curves stay readable.
     """
 
     def __init__(self, **kwargs):
@@ -31,20 +32,31 @@ class _GuardedModel(keras.Model):
             return None
         return [tf.identity(v) for v in self.non_trainable_variables]
 
-    def _rollback_if_nonfinite(self, snapshot, loss):
+    def _rollback_if_nonfinite(self, snapshot, finite):
         if snapshot is None:
             return
-        finite = tf.math.is_finite(loss)
         for v, old in zip(self.non_trainable_variables, snapshot):
             v.assign(tf.where(finite, v, old))
 
     def _minimize(self, scaled_loss, tape):
-        """Applies gradients of `optimizer.scale_loss(loss)` (computed inside the tape)."""
+        """Applies gradients of `optimizer.scale_loss(loss)` (computed inside the tape); True if all finite."""
         grads = tape.gradient(scaled_loss, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)
+        return tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])
 
-    def _finite(self, loss):
-        finite = tf.cast(tf.math.is_finite(loss), tf.float32)
+    def _step_finite(self, loss, grads_finite):
+        """A training step is bad when its loss or its gradients are non-finite.
+
+        The gradients matter as well: a NaN can vanish from the loss (oneDNN's fused BatchNorm + ReLU
+        maps it to 0) and still reach the weights through BatchNorm's gradient. Under dynamic float16
+        loss scaling, overflowing gradients are routine: the optimizer skips them and lowers the scale.
+        """
+        finite = tf.math.is_finite(loss)
+        overflow_expected = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer) and not self.rollback_nonfinite
+        return finite if overflow_expected else tf.logical_and(finite, grads_finite)
+
+    def _count(self, finite):
+        finite = tf.cast(finite, tf.float32)
         self.nonfinite_tracker.update_state(1.0 - finite)
         return finite
 
@@ -74,8 +86,8 @@ class ContrastiveModel(_GuardedModel):
         ctx = tf.distribute.get_replica_context()
         return losses.nt_xent(z1, z2, self.temperature, hidden_norm=self.hidden_norm, replica_context=ctx)
 
-    def _track(self, out):
-        finite = self._finite(out.loss)
+    def _track(self, out, finite):
+        finite = self._count(finite)
         self.loss_tracker.update_state(tf.where(finite > 0, out.mean_loss, 0.0), sample_weight=finite)
         self.acc_tracker.update_state(out.accuracy)
         self.entropy_tracker.update_state(tf.where(finite > 0, out.entropy, 0.0), sample_weight=finite)
@@ -86,12 +98,13 @@ class ContrastiveModel(_GuardedModel):
         with tf.GradientTape() as tape:
             out = self._contrast(data, training=True)
             scaled = self.optimizer.scale_loss(out.loss)
-        self._minimize(scaled, tape)
-        self._rollback_if_nonfinite(snapshot, out.loss)
-        return self._track(out)
+        finite = self._step_finite(out.loss, self._minimize(scaled, tape))
+        self._rollback_if_nonfinite(snapshot, finite)
+        return self._track(out, finite)
 
     def test_step(self, data):
-        return self._track(self._contrast(data, training=False))
+        out = self._contrast(data, training=False)
+        return self._track(out, tf.math.is_finite(out.loss))
 
 
 class Classifier(_GuardedModel):
@@ -144,8 +157,8 @@ class Classifier(_GuardedModel):
         mean = tf.reduce_mean(per_example)
         return mean, mean / tf.distribute.get_strategy().num_replicas_in_sync
 
-    def _track(self, data, logits, mean_loss):
-        finite = self._finite(mean_loss)
+    def _track(self, data, logits, mean_loss, finite):
+        finite = self._count(finite)
         self.loss_tracker.update_state(tf.where(finite > 0, mean_loss, 0.0), sample_weight=finite)
         if self.multi_label:
             self.quality.update_state(data["labels"], tf.sigmoid(logits), sample_weight=data["label_mask"])
@@ -159,10 +172,11 @@ class Classifier(_GuardedModel):
             logits = self(data["image"], training=True)
             mean_loss, replica_loss = self._loss(data, logits)
             scaled = self.optimizer.scale_loss(replica_loss)
-        self._minimize(scaled, tape)
-        self._rollback_if_nonfinite(snapshot, mean_loss)
-        return self._track(data, logits, mean_loss)
+        finite = self._step_finite(mean_loss, self._minimize(scaled, tape))
+        self._rollback_if_nonfinite(snapshot, finite)
+        return self._track(data, logits, mean_loss, finite)
 
     def test_step(self, data):
         logits = self(data["image"], training=False)
-        return self._track(data, logits, self._loss(data, logits)[0])
+        mean_loss = self._loss(data, logits)[0]
+        return self._track(data, logits, mean_loss, tf.math.is_finite(mean_loss))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from simclr_med import batchnorm, conv
+
 # depth -> (block kind, blocks per stage)
 _SPECS = {
     18: ("basic", (2, 2, 2, 2)),
@@ -36,7 +38,7 @@ def feature_dim(depth: int, width_multiplier: int) -> int:
 
 
 def _bn(name, sync_bn, zero_gamma=False):
-    return layers.BatchNormalization(
+    return batchnorm.BatchNormalization(
         momentum=_BN_MOMENTUM,
         epsilon=_BN_EPSILON,
         gamma_initializer="zeros" if zero_gamma else "ones",
@@ -45,40 +47,8 @@ def _bn(name, sync_bn, zero_gamma=False):
     )
 
 
-# Feature maps of at most this many pixels are convolved as one matrix product (see SmallConv2D).
-GEMM_MAX_PIXELS = 16
-
-
-@keras.saving.register_keras_serializable(package="simclr_med")
-class SmallConv2D(layers.Conv2D):
-    """Conv2D that runs convolutions over tiny feature maps as im2col + one matmul.
-
-    TensorFlow's CPU kernel for the filter gradient of a SAME-padded convolution is pathologically
-    slow on maps of a few pixels (the last ResNet stages at 32–64 px: ~6× slower training for
-    ResNet-18 at 32 px). The result is the same convolution; weights and names are unchanged.
-    """
-
-    def convolution_op(self, inputs, kernel):
-        h, w = inputs.shape[1], inputs.shape[2]
-        if h is None or w is None or h * w > GEMM_MAX_PIXELS:
-            return super().convolution_op(inputs, kernel)
-        k, stride = self.kernel_size[0], self.strides[0]
-        out_h, out_w = -(-h // stride), -(-w // stride)
-        if k == 1:
-            patches = inputs[:, ::stride, ::stride, :]
-        else:
-            pad_h, pad_w = max((out_h - 1) * stride + k - h, 0), max((out_w - 1) * stride + k - w, 0)
-            x = keras.ops.pad(inputs, [[0, 0], [pad_h // 2, pad_h - pad_h // 2], [pad_w // 2, pad_w - pad_w // 2], [0, 0]])
-            patches = keras.ops.concatenate(
-                [x[:, i:i + (out_h - 1) * stride + 1:stride, j:j + (out_w - 1) * stride + 1:stride, :]
-                 for i in range(k) for j in range(k)], axis=-1)
-        flat = keras.ops.reshape(patches, [-1, k * k * inputs.shape[-1]])
-        out = keras.ops.matmul(flat, keras.ops.reshape(kernel, [k * k * inputs.shape[-1], -1]))
-        return keras.ops.reshape(out, [-1, out_h, out_w, kernel.shape[-1]])
-
-
 def _conv(filters, kernel, strides, name):
-    return SmallConv2D(
+    return conv.Conv2D(
         filters, kernel, strides=strides, padding="same", use_bias=False,
         kernel_initializer="he_normal", name=name,
     )

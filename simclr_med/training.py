@@ -24,7 +24,7 @@ def _step(model) -> int:
 
 
 class NonFiniteGuard(keras.callbacks.Callback):
-    """Stops at the first non-finite loss (or after `allowed` skipped steps), before any save."""
+    """Stops at the first non-finite loss or gradient (or after `allowed` skipped steps), before any save."""
 
     def __init__(self, allowed: int = 0):
         super().__init__()
@@ -39,7 +39,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
         self._seen = self._before_epoch + float(logs.get("nonfinite_steps", 0.0))
         if self._seen > self.allowed:
             what = (f"{int(self._seen)} non-finite steps (allowed {self.allowed})" if self.allowed
-                    else "the loss became NaN/Inf")
+                    else "the loss or its gradients became NaN/Inf")
             raise NonFiniteLossError(
                 f"step {_step(self.model)}: {what}; stopped without saving, the last good "
                 "checkpoint is untouched (lower --learning_rate, check the input data, or set "

@@ -1,9 +1,13 @@
-"""Shared test setup: quiet TensorFlow, the repo root importable, a built demo dataset."""
+"""Shared test setup: quiet TensorFlow on run.py's kernels, the repo root importable, a built demo dataset."""
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from simclr_med import tf_env  # noqa: E402
+
+tf_env.configure()  # the kernels run.py uses
 
 import pytest  # noqa: E402
 

@@ -59,7 +59,7 @@ The bad inputs covered, where, and what each must say (``*``: tested in another 
 44  --data_dir is a file                             "data_dir '...' is not a directory"
 45  --eval_split that does not exist                 "has no split 'training'; splits: ..."
 46  --label_fraction leaving a class empty           "label_fraction=0.05 leaves class ... no example"
-47  NaN loss (--temperature=1e-45)                   "step 1: the loss became NaN/Inf; stopped without
+47  NaN loss (--temperature=1e-45)                   "step 1: the loss or its gradients became NaN/Inf; stopped without
                                                      saving", no checkpoint written
 48  run.py: non-integer / unknown flag (absl)        "Flags parsing error: ... --train_steps ...",
                                                      exit 1, no traceback
@@ -553,7 +553,7 @@ def test_nan_loss_names_the_step_and_saves_nothing(generic, tmp_path):
     root, manual = generic
     message = run_error(root, manual, NonFiniteLossError, temperature=1e-45, model_dir=str(tmp_path / "run"),
                         train_steps=3)
-    assert message.startswith("step 1: the loss became NaN/Inf; stopped without saving")
+    assert message.startswith("step 1: the loss or its gradients became NaN/Inf; stopped without saving")
     assert tf.train.latest_checkpoint(str(tmp_path / "run")) is None
     assert not tf.io.gfile.glob(str(tmp_path / "run*" / "ckpt-*"))
 

@@ -144,7 +144,8 @@ def _step(replicas):
 def test_mirrored_train_step_equals_single_device():
     """Sync-BN, cross-replica negatives and gradient summation together give the same step."""
     one, two = _step(1), _step(2)
-    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    # Synchronized BN takes Keras' path, unsynchronized BN the fused kernel: float32 round-off differs.
+    assert two["loss"] == pytest.approx(one["loss"], rel=5e-5)
     assert two["w"] == pytest.approx(one["w"], rel=1e-4, abs=1e-5)
     assert two["w_abs"] == pytest.approx(one["w_abs"], rel=1e-5)
 

@@ -1,0 +1,107 @@
+"""A Conv2D that picks, per static input shape, the fastest TensorFlow formulation of the same op.
+
+Measured on a 2-core AVX2 CPU, fwd+bwd of every ResNet-50 convolution at 64 and 224 px
+(benchmarks/conv_kernels.py). Which formulation wins depends on TensorFlow's CPU kernels:
+
+- oneDNN (TF_ENABLE_ONEDNN_OPTS=1, which run.py sets): the convolution kernels win, except on
+  maps of a few pixels (the last stages at 64 px), where oneDNN falls back to slow generic code
+  and im2col + one matmul is faster. Strided 1×1 convolutions with fewer than 8 (or a
+  non-multiple of 8) input channels also go to the matmul: TF 2.21's oneDNN filter gradient
+  is wrong for them (off by 20–100%; tests/test_conv.py catches it).
+- Eigen (TensorFlow's default on CPUs without AVX-512): the same tiny-map rule, plus 1×1
+  convolutions as plain matmuls (1.1–25× faster), and k×k stride-1 convolutions whose input
+  gradient runs as a forward convolution of the output gradient with the flipped, transposed
+  kernel (the same maths; Eigen's input-gradient kernel is ~2× slower than its forward one).
+
+Every formulation computes the same convolution; weights, names and checkpoints are those of
+`keras.layers.Conv2D`.
+"""
+from __future__ import annotations
+
+import functools
+
+import keras
+import tensorflow as tf
+
+GEMM_MAX_PIXELS = {1: 4, 2: 16}  # stride -> largest H*W convolved as im2col + matmul
+EIGEN_STRIDED_1X1_GEMM_MAX_PIXELS = 1024  # Eigen: larger strided 1x1 maps lose to the slice copy
+
+
+@functools.cache
+def onednn_enabled() -> bool:
+    """Whether TensorFlow runs its oneDNN CPU kernels (decided once, when TensorFlow loads)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return False
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's SAME padding (before, after) along one axis."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def gemm_conv(x, kernel, stride: int):
+    """SAME convolution as im2col + one matmul (square kernel and stride, static H and W)."""
+    k, _, c_in, c_out = kernel.shape
+    h, w = x.shape[1], x.shape[2]
+    out_h, out_w = -(-h // stride), -(-w // stride)
+    if k == 1:
+        patches = x[:, ::stride, ::stride, :] if stride > 1 else x
+    else:
+        x = tf.pad(x, [[0, 0], same_padding(h, k, stride), same_padding(w, k, stride), [0, 0]])
+        patches = tf.concat([x[:, i:i + (out_h - 1) * stride + 1:stride, j:j + (out_w - 1) * stride + 1:stride, :]
+                             for i in range(k) for j in range(k)], axis=-1)
+    out = tf.matmul(tf.reshape(patches, [-1, k * k * c_in]), tf.reshape(kernel, [k * k * c_in, c_out]))
+    return tf.reshape(out, [-1, out_h, out_w, c_out])
+
+
+@tf.custom_gradient
+def conv_forward_input_grad(x, kernel):
+    """Stride-1 SAME convolution (odd kernel) whose input gradient runs as a forward convolution."""
+    y = tf.nn.conv2d(x, kernel, 1, "SAME")
+
+    def grad(dy):
+        flipped = tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2])
+        dx = tf.nn.conv2d(dy, flipped, 1, "SAME")
+        dk = tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=tf.shape(kernel), out_backprop=dy,
+                                             strides=[1, 1, 1, 1], padding="SAME")
+        return dx, dk
+
+    return y, grad
+
+
+def convolution(x, kernel, stride: int):
+    """SAME convolution with square kernel and stride, in the formulation fastest for x's shape."""
+    k = kernel.shape[0]
+    h, w = x.shape[1], x.shape[2]
+    if h is None or w is None:
+        return tf.nn.conv2d(x, kernel, stride, "SAME")
+    pixels = h * w
+    # Strided 1x1 with channels not a multiple of 8: oneDNN's filter gradient is wrong (module doc);
+    # whatever onednn_enabled() says, as it reads a private TensorFlow API.
+    if pixels <= GEMM_MAX_PIXELS.get(stride, 0) or (k == 1 and stride > 1 and x.shape[-1] % 8):
+        return gemm_conv(x, kernel, stride)
+    if onednn_enabled():
+        return tf.nn.conv2d(x, kernel, stride, "SAME")
+    if k == 1 and (stride == 1 or pixels <= EIGEN_STRIDED_1X1_GEMM_MAX_PIXELS):
+        return gemm_conv(x, kernel, stride)
+    if stride == 1 and k % 2 == 1:
+        return conv_forward_input_grad(x, kernel)
+    return tf.nn.conv2d(x, kernel, stride, "SAME")
+
+
+@keras.saving.register_keras_serializable(package="simclr_med")
+class Conv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` computed by `convolution` when it applies (SAME, square, NHWC, no groups)."""
+
+    def convolution_op(self, inputs, kernel):
+        applies = (self.padding == "same" and self.data_format == "channels_last" and self.groups == 1
+                   and self.dilation_rate == (1, 1) and self.strides[0] == self.strides[1]
+                   and self.kernel_size[0] == self.kernel_size[1])
+        if not applies:
+            return super().convolution_op(inputs, kernel)
+        return convolution(inputs, tf.convert_to_tensor(kernel), self.strides[0])

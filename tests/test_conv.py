@@ -1,0 +1,63 @@
+"""simclr_med.conv.Conv2D computes keras' Conv2D (in float64), in values and gradients, on every path."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_med import conv
+
+# (height, width, input channels, kernel, stride), with the formulation `conv.convolution` picks
+# (Eigen / oneDNN).
+CASES = [
+    (6, 7, 5, 1, 1),     # matmul / kernel
+    (8, 8, 5, 1, 2),     # sliced matmul, both
+    (40, 34, 5, 1, 2),   # sliced matmul, both: oneDNN's filter gradient is wrong for 5 channels
+    (40, 34, 16, 1, 2),  # kernel, both
+    (2, 2, 5, 3, 1),     # im2col + matmul on tiny maps, both
+    (1, 1, 5, 3, 1),
+    (4, 4, 5, 3, 2),
+    (3, 5, 5, 7, 2),
+    (6, 5, 5, 3, 1),     # forward-conv input gradient / kernel
+    (9, 9, 5, 7, 1),
+    (9, 8, 5, 3, 2),     # kernel, both
+    (12, 12, 3, 7, 2),   # a stem: kernel, both
+]
+
+
+def _grads(layer, x):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = tf.reduce_sum(y * tf.sin(y))  # a non-uniform output gradient
+    dx, dk = tape.gradient(loss, [x, layer.kernel])
+    return y.numpy(), dx.numpy(), dk.numpy()
+
+
+@pytest.mark.parametrize("onednn", [False, True], ids=["eigen-policy", "onednn-policy"])
+@pytest.mark.parametrize("h,w,channels,kernel,stride", CASES)
+def test_matches_keras_conv2d(h, w, channels, kernel, stride, onednn, monkeypatch):
+    monkeypatch.setattr(conv, "onednn_enabled", lambda: onednn)
+    x = np.random.default_rng(h * w + kernel).normal(size=(3, h, w, channels))
+    # The reference runs in float64, on Eigen's kernels whatever TF_ENABLE_ONEDNN_OPTS says.
+    ref = keras.layers.Conv2D(6, kernel, strides=stride, padding="same", use_bias=False, dtype="float64")
+    fast = conv.Conv2D(6, kernel, strides=stride, padding="same", use_bias=False)
+    ref.build(x.shape), fast.build(x.shape)
+    fast.kernel.assign(ref.kernel.numpy().astype(np.float32))
+    expected, got = _grads(ref, tf.constant(x)), _grads(fast, tf.constant(x, tf.float32))
+    for a, b in zip(expected, got):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_spatial_shape_falls_back_and_xla_compiles():
+    layer = conv.Conv2D(4, 3, padding="same")
+    layer.build((None, None, None, 2))
+    x = tf.random.normal([2, 5, 5, 2])
+    dynamic = tf.function(layer, input_signature=[tf.TensorSpec([None, None, None, 2])])
+    np.testing.assert_allclose(dynamic(x).numpy(), layer(x).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(tf.function(layer, jit_compile=True)(x).numpy(), layer(x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_same_padding_matches_tensorflow():
+    # (size, kernel, stride) -> TensorFlow's SAME padding: the extra pixel goes after.
+    expected = {(5, 3, 1): (1, 1), (4, 3, 2): (0, 1), (5, 3, 2): (1, 1), (64, 7, 2): (2, 3), (1, 3, 2): (1, 1), (4, 1, 2): (0, 0)}
+    assert {key: conv.same_padding(*key) for key in expected} == expected
