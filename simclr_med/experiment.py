@@ -136,14 +136,14 @@ def _evaluate_classifier(cfg: Config, strategy, model=None) -> dict:
 
 
 def contrastive_scores(cfg: Config, model) -> dict:
-    """Contrastive loss/accuracy of `model` on the eval split (fixed augmentation seed)."""
+    """Contrastive loss/accuracy of `model` on the eval split (fixed seed: same batches, same views)."""
     ds, meta = _load(cfg, cfg.dataset, cfg.eval_split)
     per_batch = meta.num_examples if cfg.method == "micle" else meta.num_images
     batch = min(cfg.eval_batch_size, cfg.train_batch_size, max(2, per_batch))
     steps = max(1, min(20, per_batch // batch))
     data = pipelines.pretrain_dataset(ds, method=cfg.method, batch_size=batch, image_size=cfg.image_size,
                                       augmentation=cfg.augmentation, seed=cfg.seed + 1,
-                                      color_jitter_strength=cfg.color_jitter_strength)
+                                      color_jitter_strength=cfg.color_jitter_strength, deterministic=True)
     logs = model.evaluate(data, steps=steps, return_dict=True, verbose=0)
     return {**{k: float(v) for k, v in logs.items()}, "split": cfg.eval_split, "num_batches": steps,
             "batch_size": batch}

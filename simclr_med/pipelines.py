@@ -24,13 +24,15 @@ SHUFFLE_BATCHES = 10  # shuffle buffer, in batches (as the SimCLR reference); at
 def pretrain_dataset(ds: tf.data.Dataset, *, method: str, batch_size: int, image_size: int, augmentation: str,
                      color_jitter_strength: float = 1.0, seed: int = 0,
                      input_context: tf.distribute.InputContext | None = None,
-                     with_ids: bool = False) -> tf.data.Dataset:
+                     with_ids: bool = False, deterministic: bool = False) -> tf.data.Dataset:
     """Infinite, shuffled batches {"view1", "view2"}: float32 [B, S, S, 3] in [0, 1].
 
     simclr: every image of every case is an example, two augmentations of itself.
     micle: every case is an example, two different images of it each augmented (MICLe's
     Algorithm 1); a single-image case gives two augmentations of that image.
     with_ids adds the image ids "id1", "id2" (strings: for tests, not for accelerators).
+    deterministic keeps the batches' composition fixed for a given seed too (for evaluation: the
+    contrastive loss depends on which examples share a batch); training lets groups finish out of order.
     """
     if method not in METHODS:
         raise ValueError(f"pretrain_dataset: method={method!r} is not one of {', '.join(METHODS)}")
@@ -67,7 +69,7 @@ def pretrain_dataset(ds: tf.data.Dataset, *, method: str, batch_size: int, image
         return result
 
     ds = ds.map(views, num_parallel_calls=tf.data.AUTOTUNE)
-    return _finish(ds.rebatch(batch_size, drop_remainder=True), deterministic=False)
+    return _finish(ds.rebatch(batch_size, drop_remainder=True), deterministic=deterministic)
 
 
 def supervised_dataset(ds: tf.data.Dataset, meta, *, batch_size: int, image_size: int, augmentation: str,
