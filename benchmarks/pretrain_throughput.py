@@ -4,7 +4,7 @@ Times the compiled train function of `simclr_med.build.contrastive_model` on an 
 synthetic batch (so the model step alone is measured; the input pipeline has its own benchmark),
 or with `--real_pipeline` on the demo dataset through `simclr_med.pipelines.pretrain_dataset`.
 SimCLR and MICLe run the same step on the same number of views; they differ only in the input,
-so `--method both` reports each. Prints one JSON line per method.
+so `--method both` reports each (one process per method). Prints one JSON line per method.
 
     python benchmarks/pretrain_throughput.py --depth 50 --image_size 64 --batch_size 64
 
@@ -134,8 +134,8 @@ def time_train_function(model, dataset, strategy, *, steps: int, warmup: int) ->
             "rss_growth_gib": common.current_rss_gib() - rss_before}
 
 
-def run(args) -> list[dict]:
-
+def run(args) -> dict:
+    """Times one method's step in this process; its peak RSS is this process's high-water mark."""
     load_at_start = common.load_average()
     common.set_threads(args.intra_op_threads, args.inter_op_threads)
     from simclr_med import build, strategy as strategy_lib
@@ -143,58 +143,46 @@ def run(args) -> list[dict]:
 
     strategy = strategy_lib.make_strategy(args.strategy, num_logical_devices=args.num_logical_devices)
     build.set_precision(args.precision)
-    methods = ["simclr", "micle"] if args.method == "both" else [args.method]
     flops_fwd = forward_flops_per_view(args.depth, args.width, args.image_size,
                                        proj_layers=Config.num_proj_layers, proj_dim=Config.proj_out_dim)
-    results = []
-    scratch = tempfile.TemporaryDirectory(prefix="simclr_med_bench_")
-    for method in methods:
-        cfg = Config(method=method, resnet_depth=args.depth, width_multiplier=args.width,
-                     image_size=args.image_size, train_batch_size=args.batch_size,
-                     optimizer=args.optimizer, precision=args.precision, use_xla=args.xla,
-                     steps_per_execution=args.steps_per_execution, train_steps=10**6)
-        with strategy.scope():
-            model = build.contrastive_model(cfg, num_train_examples=10**6,
-                                            num_replicas=strategy.num_replicas_in_sync)
+    cfg = Config(method=args.method, resnet_depth=args.depth, width_multiplier=args.width,
+                 image_size=args.image_size, train_batch_size=args.batch_size,
+                 optimizer=args.optimizer, precision=args.precision, use_xla=args.xla,
+                 steps_per_execution=args.steps_per_execution, train_steps=10**6)
+    with strategy.scope():
+        model = build.contrastive_model(cfg, num_train_examples=10**6, num_replicas=strategy.num_replicas_in_sync)
+    with tempfile.TemporaryDirectory(prefix="simclr_med_bench_") as scratch:
         if args.real_pipeline:
-            dataset = demo_pipeline(method, args.batch_size, args.image_size, args.data_dir or scratch.name)
+            dataset = demo_pipeline(args.method, args.batch_size, args.image_size, args.data_dir or scratch)
         else:
             dataset = synthetic_dataset(args.batch_size, args.image_size)
         timing = time_train_function(model, dataset, strategy, steps=args.steps, warmup=args.warmup)
-        times = timing["times"]
-        step_s = common.median(times) / args.steps_per_execution
-        views = 2 * args.batch_size
-        results.append({
-            "benchmark": "pretrain_throughput", "method": method,
-            "input": "demo_pipeline" if args.real_pipeline else "synthetic",
-            "depth": args.depth, "width": args.width, "image_size": args.image_size,
-            "batch_size": args.batch_size, "precision": args.precision, "optimizer": args.optimizer,
-            "strategy": args.strategy, "replicas": strategy.num_replicas_in_sync,
-            "steps_per_execution": args.steps_per_execution, "xla": args.xla,
-            "views_per_s": views / step_s, "step_s": step_s,
-            "step_s_min": min(times) / args.steps_per_execution,
-            "step_s_max": max(times) / args.steps_per_execution,
-            # Best step: the least disturbed by other processes on a shared machine.
-            "views_per_s_best": views * args.steps_per_execution / min(times),
-            "cpu_s_per_step": timing["cpu_s"] / args.steps_per_execution,
-            "train_gflop_per_view": 3 * flops_fwd / 1e9,
-            "achieved_gflops": 3 * flops_fwd * views / step_s / 1e9,
-            "target_views_per_s": TARGET_VIEWS_PER_S, "reference_views_per_s": REFERENCE_VIEWS_PER_S,
-            # Process-wide high-water mark so far (taken before the matmul probe's buffers).
-            "peak_rss_gib": common.peak_rss_gib(), "reference_peak_rss_gib": REFERENCE_PEAK_RSS_GIB,
-            "rss_growth_gib": timing["rss_growth_gib"],
-        })
-        del model
-    scratch.cleanup()
+    peak_rss = common.peak_rss_gib()  # before the matmul probe's buffers
+    times = timing["times"]
+    step_s = common.median(times) / args.steps_per_execution
+    views = 2 * args.batch_size
     peak = args.peak_gflops or measure_peak()
-    for r in results:
-        r.update({
-            "matmul_peak_gflops": peak, "fraction_of_peak": r["achieved_gflops"] / peak,
-            "device_peak_gib": common.device_peak_memory_gib(),
-            "load_avg_start": load_at_start, "load_avg": common.load_average(), **common.environment(),
-        })
-        common.emit(r)
-    return results
+    return common.emit({
+        "benchmark": "pretrain_throughput", "method": args.method,
+        "input": "demo_pipeline" if args.real_pipeline else "synthetic",
+        "depth": args.depth, "width": args.width, "image_size": args.image_size,
+        "batch_size": args.batch_size, "precision": args.precision, "optimizer": args.optimizer,
+        "strategy": args.strategy, "replicas": strategy.num_replicas_in_sync,
+        "steps_per_execution": args.steps_per_execution, "xla": args.xla,
+        "views_per_s": views / step_s, "step_s": step_s,
+        "step_s_min": min(times) / args.steps_per_execution,
+        "step_s_max": max(times) / args.steps_per_execution,
+        # Best step: the least disturbed by other processes on a shared machine.
+        "views_per_s_best": views * args.steps_per_execution / min(times),
+        "cpu_s_per_step": timing["cpu_s"] / args.steps_per_execution,
+        "train_gflop_per_view": 3 * flops_fwd / 1e9,
+        "achieved_gflops": 3 * flops_fwd * views / step_s / 1e9,
+        "matmul_peak_gflops": peak, "fraction_of_peak": 3 * flops_fwd * views / step_s / 1e9 / peak,
+        "target_views_per_s": TARGET_VIEWS_PER_S, "reference_views_per_s": REFERENCE_VIEWS_PER_S,
+        "peak_rss_gib": peak_rss, "reference_peak_rss_gib": REFERENCE_PEAK_RSS_GIB,
+        "rss_growth_gib": timing["rss_growth_gib"], "device_peak_gib": common.device_peak_memory_gib(),
+        "load_avg_start": load_at_start, "load_avg": common.load_average(), **common.environment(),
+    })
 
 
 def measure_peak() -> float:
@@ -204,7 +192,14 @@ def measure_peak() -> float:
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.method == "both":  # one process per method, so each reports its own peak RSS
+        import subprocess
+
+        for method in ("simclr", "micle"):
+            subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--method", method], check=True)
+        return
     common.apply_onednn_flag(args.onednn)
     run(args)
 
