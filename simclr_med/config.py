@@ -1,7 +1,7 @@
 """One flat config for a run.
 
 Field names equal the flag names in run.py (the google-research/simclr ones where they exist), so
-`run.py` builds a Config from FLAGS in one line and library code never touches FLAGS.
+`run.py` builds a Config from its parsed flags in one line; library code never reads flags.
 """
 from __future__ import annotations
 

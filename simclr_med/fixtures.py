@@ -36,6 +36,23 @@ def _write_csv(path: Path, header, rows) -> None:
         writer.writerows(rows)
 
 
+def rewrite_csv(path, edit) -> None:
+    """Rewrites a CSV through `edit(records) -> records` (records include the header): for damaging a fixture."""
+    with open(path, newline="") as f:
+        records = list(csv.reader(f))
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(edit(records))
+
+
+def set_cell(path, row, column, value) -> None:
+    """Sets one cell; `row` counts the header as row 1 (as error messages do), `column` is a name or an index."""
+    def edit(records):
+        j = records[0].index(column) if isinstance(column, str) else column
+        records[row - 1][j] = value
+        return records
+    rewrite_csv(path, edit)
+
+
 def write_generic_cases(directory, num_cases: int = 12, labels=("eczema", "melanoma", "nevus"),
                         seed: int = 0) -> Path:
     """`cases.csv` + `images/`: `num_cases` cases of 1–3 images, labels in turn, metadata partly blank."""

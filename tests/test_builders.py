@@ -36,23 +36,6 @@ def read_rows(path):
         return list(csv.DictReader(f))
 
 
-def rewrite_csv(path, edit):
-    """Rewrites a CSV through `edit(records) -> records` (records include the header)."""
-    with open(path, newline="") as f:
-        records = list(csv.reader(f))
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows(edit(records))
-
-
-def set_cell(path, row, column, value):
-    """Sets one cell; `row` counts the header as row 1, `column` is a header name or an index."""
-    def edit(records):
-        j = records[0].index(column) if isinstance(column, str) else column
-        records[row - 1][j] = value
-        return records
-    rewrite_csv(path, edit)
-
-
 def build_error(name, manual, data_dir) -> str:
     with pytest.raises(DataError) as err:
         build(name, manual, data_dir)
@@ -296,14 +279,14 @@ def test_missing_csv_and_missing_manual_dir(tmp_path):
 def test_reordered_and_wrong_headers(tmp_path):
     manual = fixtures.write_chexpert(tmp_path / "cx")
     train_csv = manual / "CheXpert-v1.0-small/train.csv"
-    rewrite_csv(train_csv, lambda rs: [[r[0], r[2], r[1], *r[3:]] for r in rs])
+    fixtures.rewrite_csv(train_csv, lambda rs: [[r[0], r[2], r[1], *r[3:]] for r in rs])
     msg = build_error("chexpert_v1", manual, tmp_path / "t")
     assert "train.csv row 1: columns are reordered" in msg
     nih = fixtures.write_nih(tmp_path / "nih")
-    rewrite_csv(nih / "Data_Entry_2017_v2020.csv", lambda rs: [r[:7] for r in rs])
+    fixtures.rewrite_csv(nih / "Data_Entry_2017_v2020.csv", lambda rs: [r[:7] for r in rs])
     assert "Data_Entry_2017_v2020.csv row 1: unexpected header" in build_error("nih_chestxray14", nih, tmp_path / "t")
     generic = fixtures.write_generic_cases(tmp_path / "g")
-    rewrite_csv(generic / "cases.csv", lambda rs: [["case_id", "image_path", "lable", *rs[0][3:]]] + rs[1:])
+    fixtures.rewrite_csv(generic / "cases.csv", lambda rs: [["case_id", "image_path", "lable", *rs[0][3:]]] + rs[1:])
     assert "cases.csv row 1: missing column(s) label" in build_error("derm_cases/generic", generic, tmp_path / "t")
 
 
@@ -350,22 +333,22 @@ def test_empty_image_in_chexpert_fails(tmp_path):
 def test_bad_values_name_file_and_row(tmp_path):
     ham = fixtures.write_ham10000(tmp_path / "ham")
     lesion = read_rows(ham / "HAM10000_metadata.csv")[1]["lesion_id"]  # all its rows: an unknown dx
-    rewrite_csv(ham / "HAM10000_metadata.csv", lambda rs: [r[:2] + ["xyz"] + r[3:] if r[0] == lesion else r for r in rs])
+    fixtures.rewrite_csv(ham / "HAM10000_metadata.csv", lambda rs: [r[:2] + ["xyz"] + r[3:] if r[0] == lesion else r for r in rs])
     msg = build_error("derm_cases/ham10000", ham, tmp_path / "t")
     first = next(i for i, r in enumerate(read_rows(ham / "HAM10000_metadata.csv"), 2) if r["lesion_id"] == lesion)
     assert f"HAM10000_metadata.csv row {first}: unknown label 'xyz'" in msg
 
     cx = fixtures.write_chexpert(tmp_path / "cx")
-    set_cell(cx / "CheXpert-v1.0-small/train.csv", 6, "Edema", "2.0")
+    fixtures.set_cell(cx / "CheXpert-v1.0-small/train.csv", 6, "Edema", "2.0")
     assert "train.csv row 6: column 'Edema' has '2.0'" in build_error("chexpert_v1", cx, tmp_path / "t")
 
     nih = fixtures.write_nih(tmp_path / "nih")
-    set_cell(nih / "Data_Entry_2017_v2020.csv", 3, "Finding Labels", "Edema|Flu")
+    fixtures.set_cell(nih / "Data_Entry_2017_v2020.csv", 3, "Finding Labels", "Edema|Flu")
     msg = build_error("nih_chestxray14", nih, tmp_path / "t")
     assert "Data_Entry_2017_v2020.csv row 3: unknown finding 'Flu'" in msg
 
     scin = fixtures.write_scin(tmp_path / "scin")
-    set_cell(scin / "dataset/scin_labels.csv", 3, "weighted_skin_condition_label", "{'Eczema': ")
+    fixtures.set_cell(scin / "dataset/scin_labels.csv", 3, "weighted_skin_condition_label", "{'Eczema': ")
     msg = build_error("derm_cases/scin", scin, tmp_path / "t")
     assert "scin_labels.csv row 3: weighted_skin_condition_label" in msg
 
@@ -381,28 +364,28 @@ def test_nih_image_outside_the_official_lists(tmp_path):
 def test_path_escaping_the_manual_dir(tmp_path):
     manual = fixtures.write_generic_cases(tmp_path / "m")
     shutil.copy(manual / read_rows(manual / "cases.csv")[0]["image_path"], tmp_path / "outside.png")
-    set_cell(manual / "cases.csv", 3, "image_path", "../outside.png")
+    fixtures.set_cell(manual / "cases.csv", 3, "image_path", "../outside.png")
     assert "cases.csv row 3: image path '../outside.png' escapes the manual dir" in build_error(
         "derm_cases/generic", manual, tmp_path / "t")
 
 
 def test_duplicated_rows_and_shared_images(tmp_path):
     manual = fixtures.write_generic_cases(tmp_path / "m")
-    rewrite_csv(manual / "cases.csv", lambda rs: rs + [rs[4]])
+    fixtures.rewrite_csv(manual / "cases.csv", lambda rs: rs + [rs[4]])
     n = len(read_rows(manual / "cases.csv")) + 1
     assert f"cases.csv row {n}: duplicated row" in build_error("derm_cases/generic", manual, tmp_path / "t")
-    rewrite_csv(manual / "cases.csv", lambda rs: rs[:-1] + [["other_case"] + rs[4][1:]])
+    fixtures.rewrite_csv(manual / "cases.csv", lambda rs: rs[:-1] + [["other_case"] + rs[4][1:]])
     assert "is also used by case" in build_error("derm_cases/generic", manual, tmp_path / "t")
 
     cx = fixtures.write_chexpert(tmp_path / "cx")
-    rewrite_csv(cx / "CheXpert-v1.0-small/valid.csv", lambda rs: rs + [rs[1]])
+    fixtures.rewrite_csv(cx / "CheXpert-v1.0-small/valid.csv", lambda rs: rs + [rs[1]])
     assert "valid.csv row" in build_error("chexpert_v1", cx, tmp_path / "t")
 
 
 def test_inconsistent_case_label_and_empty_split(tmp_path):
     manual = fixtures.write_generic_cases(tmp_path / "m")
     row, r = _first_row(manual, lambda r, rows: _images_of(rows, r["case_id"]) >= 2)
-    set_cell(manual / "cases.csv", row + 1, "label", "psoriasis")
+    fixtures.set_cell(manual / "cases.csv", row + 1, "label", "psoriasis")
     msg = build_error("derm_cases/generic", manual, tmp_path / "t")
     assert f"cases.csv row {row + 1}: case '{r['case_id']}' has label 'psoriasis'" in msg
 
@@ -413,5 +396,5 @@ def test_inconsistent_case_label_and_empty_split(tmp_path):
 def test_rebuilt_download_is_not_silently_replaced(tmp_path):
     manual = fixtures.write_generic_cases(tmp_path / "m")
     build("derm_cases/generic", manual, tmp_path / "t")
-    rewrite_csv(manual / "cases.csv", lambda rs: rs[:-1])
+    fixtures.rewrite_csv(manual / "cases.csv", lambda rs: rs[:-1])
     assert "built from a different download" in build_error("derm_cases/generic", manual, tmp_path / "t")

@@ -112,22 +112,6 @@ TINY = dict(resnet_depth=18, image_size=32, train_batch_size=4, num_proj_layers=
 
 # --- helpers ------------------------------------------------------------------------------------
 
-def edit_csv(path, edit):
-    """Rewrites a CSV through `edit(records) -> records` (records[0] is the header)."""
-    with open(path, newline="") as f:
-        records = list(csv.reader(f))
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows(edit(records))
-
-
-def set_cell(path, row, column, value):
-    """`row` counts the header as row 1, as the error messages do."""
-    def edit(records):
-        records[row - 1][records[0].index(column)] = value
-        return records
-    edit_csv(path, edit)
-
-
 def assert_nothing_built(data_dir):
     """A failed build leaves no dataset that TFDS (or a later `load`) would take as complete."""
     assert not list(Path(data_dir).rglob("dataset_info.json")), "a failed build left a dataset behind"
@@ -297,7 +281,7 @@ def _latin1(m):
 
 
 def _rename_column(m, old, new):
-    edit_csv(_cases(m), lambda rs: [[new if c == old else c for c in rs[0]]] + rs[1:])
+    fixtures.rewrite_csv(_cases(m), lambda rs: [[new if c == old else c for c in rs[0]]] + rs[1:])
 
 
 def _ham_missing_image(m):
@@ -312,7 +296,7 @@ def _scin_case_without_images(m):
         for c in cols:
             rs[2][c] = ""
         return rs
-    edit_csv(m / "dataset/scin_cases.csv", edit)
+    fixtures.rewrite_csv(m / "dataset/scin_cases.csv", edit)
 
 
 def _cx_patient_in_valid(m):
@@ -322,11 +306,11 @@ def _cx_patient_in_valid(m):
     moved = "valid/patient00001/" + rel.split("/", 2)[2]
     (root / moved).parent.mkdir(parents=True, exist_ok=True)
     (root / moved).write_bytes((root / rel).read_bytes())
-    set_cell(root / "valid.csv", 2, "Path", f"CheXpert-v1.0-small/{moved}")
+    fixtures.set_cell(root / "valid.csv", 2, "Path", f"CheXpert-v1.0-small/{moved}")
 
 
 def _cx_two_patients(m):
-    edit_csv(_cx_train(m), lambda rs: [rs[0]] + [r for r in rs[1:] if "/patient00001/" in r[0] or
+    fixtures.rewrite_csv(_cx_train(m), lambda rs: [rs[0]] + [r for r in rs[1:] if "/patient00001/" in r[0] or
                                                  "/patient00002/" in r[0]])
 
 
@@ -353,35 +337,35 @@ def _truncate_first_nih_image(m):
 BAD_DOWNLOADS = {
     # id: (writer, edit(manual dir), expected part of the message)
     "empty_csv": (_generic, lambda m: _cases(m).write_bytes(b""), "cases.csv: empty file, expected a header row"),
-    "header_only": (_generic, lambda m: edit_csv(_cases(m), lambda rs: rs[:1]), "no labelled case found in cases.csv"),
-    "extra_field": (_generic, lambda m: edit_csv(_cases(m), lambda rs: rs[:2] + [rs[2] + ["x"]] + rs[3:]),
+    "header_only": (_generic, lambda m: fixtures.rewrite_csv(_cases(m), lambda rs: rs[:1]), "no labelled case found in cases.csv"),
+    "extra_field": (_generic, lambda m: fixtures.rewrite_csv(_cases(m), lambda rs: rs[:2] + [rs[2] + ["x"]] + rs[3:]),
                     "cases.csv row 3: 7 fields but the header has 6"),
     "not_utf8": (_generic, _latin1, "cases.csv: cannot be read as a CSV"),
     "unknown_column": (_generic, lambda m: _rename_column(m, "skin_type", "skintype"),
                        "cases.csv row 1: unknown column(s) skintype"),
     "duplicated_column": (_generic, lambda m: _rename_column(m, "sex", "label"),
                           "cases.csv row 1: duplicated column names"),
-    "blank_label": (_generic, lambda m: set_cell(_cases(m), 2, "label", ""), "cases.csv row 2: empty label for case"),
-    "blank_case_id": (_generic, lambda m: set_cell(_cases(m), 2, "case_id", ""), "cases.csv row 2: empty case_id"),
-    "absolute_path": (_generic, lambda m: set_cell(_cases(m), 2, "image_path", "/etc/hostname"),
+    "blank_label": (_generic, lambda m: fixtures.set_cell(_cases(m), 2, "label", ""), "cases.csv row 2: empty label for case"),
+    "blank_case_id": (_generic, lambda m: fixtures.set_cell(_cases(m), 2, "case_id", ""), "cases.csv row 2: empty case_id"),
+    "absolute_path": (_generic, lambda m: fixtures.set_cell(_cases(m), 2, "image_path", "/etc/hostname"),
                       "cases.csv row 2: image path '/etc/hostname' escapes the manual dir"),
-    "ham_reordered_header": (_ham, lambda m: edit_csv(m / "HAM10000_metadata.csv",
+    "ham_reordered_header": (_ham, lambda m: fixtures.rewrite_csv(m / "HAM10000_metadata.csv",
                                                       lambda rs: [[r[0], r[2], r[1], *r[3:]] for r in rs]),
                              "HAM10000_metadata.csv row 1: columns are reordered"),
     "ham_missing_image": (_ham, _ham_missing_image, "HAM10000_metadata.csv row 5: image 'ISIC_"),
-    "ham_duplicated_row": (_ham, lambda m: edit_csv(m / "HAM10000_metadata.csv", lambda rs: rs + [rs[3]]),
+    "ham_duplicated_row": (_ham, lambda m: fixtures.rewrite_csv(m / "HAM10000_metadata.csv", lambda rs: rs + [rs[3]]),
                            "duplicated row"),
-    "scin_missing_column": (_scin, lambda m: edit_csv(m / "dataset/scin_cases.csv", lambda rs: [
+    "scin_missing_column": (_scin, lambda m: fixtures.rewrite_csv(m / "dataset/scin_cases.csv", lambda rs: [
         [v for v, c in zip(r, rs[0]) if c != "image_1_path"] for r in rs]),
         "scin_cases.csv row 1: missing column(s) image_1_path"),
-    "scin_duplicated_case": (_scin, lambda m: edit_csv(m / "dataset/scin_cases.csv", lambda rs: rs + [rs[2]]),
+    "scin_duplicated_case": (_scin, lambda m: fixtures.rewrite_csv(m / "dataset/scin_cases.csv", lambda rs: rs + [rs[2]]),
                              "scin_cases.csv row 16: duplicated case_id"),
-    "scin_duplicated_label": (_scin, lambda m: edit_csv(m / "dataset/scin_labels.csv", lambda rs: rs + [rs[2]]),
+    "scin_duplicated_label": (_scin, lambda m: fixtures.rewrite_csv(m / "dataset/scin_labels.csv", lambda rs: rs + [rs[2]]),
                               "scin_labels.csv row 16: duplicated case_id"),
     "scin_case_without_images": (_scin, _scin_case_without_images, "scin_cases.csv row 3: case "),
-    "cx_bad_path": (_chexpert, lambda m: set_cell(_cx_train(m), 3, "Path", "CheXpert-v1.0-small/train/x.jpg"),
+    "cx_bad_path": (_chexpert, lambda m: fixtures.set_cell(_cx_train(m), 3, "Path", "CheXpert-v1.0-small/train/x.jpg"),
                     "train.csv row 3: Path 'CheXpert-v1.0-small/train/x.jpg' is not of the form"),
-    "cx_escaping_path": (_chexpert, lambda m: set_cell(_cx_train(m), 3, "Path",
+    "cx_escaping_path": (_chexpert, lambda m: fixtures.set_cell(_cx_train(m), 3, "Path",
                                                        "../../patient00001/study1/view1_frontal.jpg"),
                          "train.csv row 3: image path '../../patient00001/study1/view1_frontal.jpg' escapes"),
     "cx_patient_in_train_and_valid": (_chexpert, _cx_patient_in_valid,
@@ -392,13 +376,13 @@ BAD_DOWNLOADS = {
     "cx_text_as_image": (_chexpert, lambda m: (m / list(csv.reader(open(_cx_train(m))))[4][0]).write_text("hello"),
                          "train.csv row 5: image 'CheXpert-v1.0-small/train/patient"),
     "nih_truncated_png": (_nih, _truncate_first_nih_image, "Data_Entry_2017_v2020.csv row 2: image '"),
-    "nih_bad_age": (_nih, lambda m: set_cell(_nih_csv(m), 4, "Patient Age", "abc"),
+    "nih_bad_age": (_nih, lambda m: fixtures.set_cell(_nih_csv(m), 4, "Patient Age", "abc"),
                     "Data_Entry_2017_v2020.csv row 4: Patient Age 'abc' is not an age"),
-    "nih_patient_id_mismatch": (_nih, lambda m: set_cell(_nih_csv(m), 4, "Patient ID", "99999"),
+    "nih_patient_id_mismatch": (_nih, lambda m: fixtures.set_cell(_nih_csv(m), 4, "Patient ID", "99999"),
                                 "Data_Entry_2017_v2020.csv row 4: Patient ID '99999' does not match image"),
-    "nih_bad_image_name": (_nih, lambda m: set_cell(_nih_csv(m), 4, "Image Index", "scan.png"),
+    "nih_bad_image_name": (_nih, lambda m: fixtures.set_cell(_nih_csv(m), 4, "Image Index", "scan.png"),
                            "row 4: Image Index 'scan.png' is not of the form NNNNNNNN_NNN.png"),
-    "nih_duplicated_row": (_nih, lambda m: edit_csv(_nih_csv(m), lambda rs: rs + [rs[5]]), "duplicated row"),
+    "nih_duplicated_row": (_nih, lambda m: fixtures.rewrite_csv(_nih_csv(m), lambda rs: rs + [rs[5]]), "duplicated row"),
     "nih_name_twice_in_list": (_nih, lambda m: (m / "test_list.txt").write_text(
         (m / "test_list.txt").read_text() + _lines(m / "test_list.txt")[0] + "\n"), "test_list.txt line "),
     "nih_patient_in_both_lists": (_nih, _nih_patient_in_both_lists, "is in both train_val_list.txt and test_list.txt"),
@@ -447,7 +431,7 @@ def test_chexpert_all_uncertain_or_blank_task_under_every_policy(tmp_path):
             for r in records[1:]:
                 r[records[0].index(column)] = value
         return records
-    edit_csv(_cx_train(manual), fill)
+    fixtures.rewrite_csv(_cx_train(manual), fill)
     datasets.builder_for("chexpert_v1", tmp_path / "t", manual)
     edema, cardio = CHEXPERT_TASKS.index("Edema"), CHEXPERT_TASKS.index("Cardiomegaly")
     expected_edema = {"mixed": (1, 1), "u_ones": (1, 1), "u_zeros": (0, 1), "u_ignore": (0, 0)}
