@@ -1,7 +1,8 @@
 """Forward + backward time of every distinct convolution of a ResNet, per formulation.
 
-Compares TensorFlow's convolution kernel, im2col + matmul, and the flipped-kernel input gradient
-with what `simclr_med.conv.convolution` picks, on the layer shapes of `build_resnet`. This is the
+Compares TensorFlow's convolution kernel, im2col + matmul, the flipped-kernel input gradient and
+Winograd (stride-1 3×3 only) with what `simclr_med.conv.convolution` picks, on the layer shapes of
+`build_resnet`. This is the
 measurement behind conv.py's choices; rerun it when TensorFlow, the CPU or the kernels change.
 
     python benchmarks/conv_kernels.py --depth 50 --image_size 64 --batch 128
@@ -44,10 +45,16 @@ def formulations():
     def flipped(x, k, s):
         return conv.conv_forward_input_grad(x, k) if s == 1 and k.shape[0] % 2 else tf.nn.conv2d(x, k, s, "SAME")
 
+    def winograd(x, k, s):  # where it applies (stride-1 3x3); else the kernel, so totals stay comparable
+        if s == 1 and k.shape[0] == 3:
+            return conv.winograd.conv3x3(x, k, tile=2 if max(x.shape[1], x.shape[2]) <= 2 else 4)
+        return tf.nn.conv2d(x, k, s, "SAME")
+
     return {
         "kernel": lambda x, k, s: tf.nn.conv2d(x, k, s, "SAME"),
         "gemm": conv.gemm_conv,
         "flipped_grad": flipped,
+        "winograd": winograd,
         "chosen": conv.convolution,
     }
 
@@ -90,9 +97,10 @@ def main(argv=None):
     totals = collections.Counter()
     for shape, count in shapes.items():
         row = common.emit({"benchmark": "conv_kernels", "count": count, **time_shape(shape, args.batch, args.repeats)})
-        for key in ("kernel_ms", "gemm_ms", "flipped_grad_ms", "chosen_ms"):
+        keys = ("kernel_ms", "gemm_ms", "flipped_grad_ms", "winograd_ms")
+        for key in keys + ("chosen_ms",):
             totals[key] += count * row[key]
-        totals["best_ms"] += count * min(row["kernel_ms"], row["gemm_ms"], row["flipped_grad_ms"])
+        totals["best_ms"] += count * min(row[key] for key in keys)
     common.emit({"benchmark": "conv_kernels_total", "depth": args.depth, "image_size": args.image_size,
                  "batch": args.batch, **{k: v for k, v in totals.items()}, "load_avg": common.load_average(),
                  **common.environment()})

@@ -43,6 +43,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=5, help="untimed executions (tracing included)")
     p.add_argument("--steps_per_execution", type=int, default=1)
     p.add_argument("--xla", action="store_true", help="jit_compile the train step")
+    p.add_argument("--winograd", type=int, choices=[0, 1], default=1, help="Winograd 3x3 convolutions (Config.winograd)")
     p.add_argument("--intra_op_threads", type=int, default=0, help="0: TF default")
     p.add_argument("--inter_op_threads", type=int, default=0, help="0: TF default")
     common.add_onednn_flag(p)
@@ -147,7 +148,7 @@ def run(args) -> dict:
                                        proj_layers=Config.num_proj_layers, proj_dim=Config.proj_out_dim)
     cfg = Config(method=args.method, resnet_depth=args.depth, width_multiplier=args.width,
                  image_size=args.image_size, train_batch_size=args.batch_size,
-                 optimizer=args.optimizer, precision=args.precision, use_xla=args.xla,
+                 optimizer=args.optimizer, precision=args.precision, use_xla=args.xla, winograd=bool(args.winograd),
                  steps_per_execution=args.steps_per_execution, train_steps=10**6)
     with strategy.scope():
         model = build.contrastive_model(cfg, num_train_examples=10**6, num_replicas=strategy.num_replicas_in_sync)
@@ -168,7 +169,7 @@ def run(args) -> dict:
         "depth": args.depth, "width": args.width, "image_size": args.image_size,
         "batch_size": args.batch_size, "precision": args.precision, "optimizer": args.optimizer,
         "strategy": args.strategy, "replicas": strategy.num_replicas_in_sync,
-        "steps_per_execution": args.steps_per_execution, "xla": args.xla,
+        "steps_per_execution": args.steps_per_execution, "xla": args.xla, "winograd": bool(args.winograd),
         "views_per_s": views / step_s, "step_s": step_s,
         "step_s_min": min(times) / args.steps_per_execution,
         "step_s_max": max(times) / args.steps_per_execution,

@@ -15,7 +15,7 @@ def set_precision(precision: str) -> None:
 
 def make_encoder(cfg: Config, sync_bn: bool) -> keras.Model:
     return resnet.build_resnet(cfg.resnet_depth, cfg.width_multiplier, sync_bn=sync_bn,
-                               zero_init_residual=cfg.zero_init_residual)
+                               zero_init_residual=cfg.zero_init_residual, winograd=cfg.winograd)
 
 
 def make_optimizer(cfg: Config, num_train_examples: int) -> keras.optimizers.Optimizer:

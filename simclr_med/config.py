@@ -69,6 +69,7 @@ class Config:
     num_logical_devices: int = 0  # >1 splits the CPU into logical devices (tests, debugging)
     precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16
     use_xla: bool = False
+    winograd: bool = True  # CPU, float32: 3x3 convolutions as Winograd (faster; more host memory)
     seed: int = 0
     skip_nonfinite_steps: int = 0
     verbose: int = 1

@@ -47,32 +47,32 @@ def _bn(name, sync_bn, zero_gamma=False):
     )
 
 
-def _conv(filters, kernel, strides, name):
+def _conv(filters, kernel, strides, name, winograd):
     return conv.Conv2D(
         filters, kernel, strides=strides, padding="same", use_bias=False,
-        kernel_initializer="he_normal", name=name,
+        kernel_initializer="he_normal", name=name, winograd=winograd,
     )
 
 
-def _block(x, filters, strides, kind, name, sync_bn, zero_init_residual):
+def _block(x, filters, strides, kind, name, sync_bn, zero_init_residual, winograd):
     """One residual block; `filters` is the bottleneck width (output is 4× for bottleneck)."""
     out_filters = filters * 4 if kind == "bottleneck" else filters
     shortcut = x
     if strides != 1 or x.shape[-1] != out_filters:
-        shortcut = _conv(out_filters, 1, strides, f"{name}_proj_conv")(x)
+        shortcut = _conv(out_filters, 1, strides, f"{name}_proj_conv", winograd)(x)
         shortcut = _bn(f"{name}_proj_bn", sync_bn)(shortcut)
 
     if kind == "bottleneck":
-        y = _conv(filters, 1, 1, f"{name}_conv1")(x)
+        y = _conv(filters, 1, 1, f"{name}_conv1", winograd)(x)
         y = layers.ReLU(name=f"{name}_relu1")(_bn(f"{name}_bn1", sync_bn)(y))
-        y = _conv(filters, 3, strides, f"{name}_conv2")(y)
+        y = _conv(filters, 3, strides, f"{name}_conv2", winograd)(y)
         y = layers.ReLU(name=f"{name}_relu2")(_bn(f"{name}_bn2", sync_bn)(y))
-        y = _conv(out_filters, 1, 1, f"{name}_conv3")(y)
+        y = _conv(out_filters, 1, 1, f"{name}_conv3", winograd)(y)
         y = _bn(f"{name}_bn3", sync_bn, zero_gamma=zero_init_residual)(y)
     else:
-        y = _conv(filters, 3, strides, f"{name}_conv1")(x)
+        y = _conv(filters, 3, strides, f"{name}_conv1", winograd)(x)
         y = layers.ReLU(name=f"{name}_relu1")(_bn(f"{name}_bn1", sync_bn)(y))
-        y = _conv(out_filters, 3, 1, f"{name}_conv2")(y)
+        y = _conv(out_filters, 3, 1, f"{name}_conv2", winograd)(y)
         y = _bn(f"{name}_bn2", sync_bn, zero_gamma=zero_init_residual)(y)
     y = layers.Add(name=f"{name}_add")([y, shortcut])
     return layers.ReLU(name=f"{name}_out")(y)
@@ -84,23 +84,27 @@ def build_resnet(
     *,
     sync_bn: bool = False,
     zero_init_residual: bool = True,
+    winograd: bool = True,
     input_shape=(None, None, 3),
     name: str = "encoder",
 ) -> keras.Model:
-    """ResNet-v1 trunk + global average pooling → (batch, feature_dim(depth, width))."""
+    """ResNet-v1 trunk + global average pooling → (batch, feature_dim(depth, width)).
+
+    `winograd`: let conv.py run wide 3×3 convolutions as Winograd convolutions on CPU (same maths).
+    """
     if depth not in _SPECS:
         raise ValueError(f"resnet depth {depth} is not one of {sorted(_SPECS)}")
     kind, blocks = _SPECS[depth]
     width = 64 * width_multiplier
 
     inputs = keras.Input(shape=input_shape, name="image")
-    x = _conv(width, 7, 2, "stem_conv")(inputs)
+    x = _conv(width, 7, 2, "stem_conv", winograd)(inputs)
     x = layers.ReLU(name="stem_relu")(_bn("stem_bn", sync_bn)(x))
     x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
     for stage, num_blocks in enumerate(blocks):
         for b in range(num_blocks):
             strides = 2 if (b == 0 and stage > 0) else 1
             x = _block(x, width * 2**stage, strides, kind, f"stage{stage + 1}_block{b + 1}",
-                       sync_bn, zero_init_residual)
+                       sync_bn, zero_init_residual, winograd)
     outputs = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     return keras.Model(inputs, outputs, name=name)
