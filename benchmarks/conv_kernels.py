@@ -2,8 +2,8 @@
 
 Compares TensorFlow's convolution kernel, im2col + matmul, the flipped-kernel input gradient and
 Winograd (stride-1 3×3 only) with what `simclr_med.conv.convolution` picks, on the layer shapes of
-`build_resnet`. This is the
-measurement behind conv.py's choices; rerun it when TensorFlow, the CPU or the kernels change.
+`build_resnet`. This is the measurement behind conv.py's choices; rerun it when TensorFlow, the CPU
+or the kernels change.
 
     python benchmarks/conv_kernels.py --depth 50 --image_size 64 --batch 128
     python benchmarks/conv_kernels.py --onednn 0      # Eigen kernels
@@ -40,21 +40,21 @@ def conv_shapes(depth: int, image_size: int) -> collections.Counter:
 def formulations():
     import tensorflow as tf
 
-    from simclr_med import conv
+    from simclr_med import conv, winograd
 
     def flipped(x, k, s):
         return conv.conv_forward_input_grad(x, k) if s == 1 and k.shape[0] % 2 else tf.nn.conv2d(x, k, s, "SAME")
 
-    def winograd(x, k, s):  # where it applies (stride-1 3x3); else the kernel, so totals stay comparable
+    def winograd_where_it_applies(x, k, s):  # stride-1 3x3; else the kernel, so totals stay comparable
         if s == 1 and k.shape[0] == 3:
-            return conv.winograd.conv3x3(x, k, tile=2 if max(x.shape[1], x.shape[2]) <= 2 else 4)
+            return winograd.conv3x3(x, k, winograd.tile_for(x.shape[1], x.shape[2]))
         return tf.nn.conv2d(x, k, s, "SAME")
 
     return {
         "kernel": lambda x, k, s: tf.nn.conv2d(x, k, s, "SAME"),
         "gemm": conv.gemm_conv,
         "flipped_grad": flipped,
-        "winograd": winograd,
+        "winograd": winograd_where_it_applies,
         "chosen": conv.convolution,
     }
 

@@ -120,7 +120,6 @@ def time_train_function(model, dataset, strategy, *, steps: int, warmup: int) ->
     """
     import time
 
-
     model.make_train_function()
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
 
@@ -162,6 +161,7 @@ def run(args) -> dict:
     times = timing["times"]
     step_s = common.median(times) / args.steps_per_execution
     views = 2 * args.batch_size
+    achieved_gflops = 3 * flops_fwd * views / step_s / 1e9
     peak = args.peak_gflops or measure_peak()
     return common.emit({
         "benchmark": "pretrain_throughput", "method": args.method,
@@ -177,8 +177,8 @@ def run(args) -> dict:
         "views_per_s_best": views * args.steps_per_execution / min(times),
         "cpu_s_per_step": timing["cpu_s"] / args.steps_per_execution,
         "train_gflop_per_view": 3 * flops_fwd / 1e9,
-        "achieved_gflops": 3 * flops_fwd * views / step_s / 1e9,
-        "matmul_peak_gflops": peak, "fraction_of_peak": 3 * flops_fwd * views / step_s / 1e9 / peak,
+        "achieved_gflops": achieved_gflops,
+        "matmul_peak_gflops": peak, "fraction_of_peak": achieved_gflops / peak,
         "target_views_per_s": TARGET_VIEWS_PER_S, "reference_views_per_s": REFERENCE_VIEWS_PER_S,
         "peak_rss_gib": peak_rss, "reference_peak_rss_gib": REFERENCE_PEAK_RSS_GIB,
         "rss_growth_gib": timing["rss_growth_gib"], "device_peak_gib": common.device_peak_memory_gib(),

@@ -12,7 +12,6 @@ Measured on a 2-core AVX2 CPU, fwd+bwd of every ResNet-50 convolution at 64 and 
   convolutions as plain matmuls (1.1–25× faster), and k×k stride-1 convolutions whose input
   gradient runs as a forward convolution of the output gradient with the flipped, transposed
   kernel (the same maths; Eigen's input-gradient kernel is ~2× slower than its forward one).
-
 - Both: float32 stride-1 3×3 convolutions with ≥128 channels in and out run as Winograd
   convolutions (`winograd.py`; 1.2–2.1× faster fwd+bwd in ResNet-50's stages 2–4 at 64 px).
 - With a GPU or TPU visible, every convolution is `tf.nn.conv2d`: the choices above are CPU
@@ -79,8 +78,7 @@ def conv_forward_input_grad(x, kernel):
     y = tf.nn.conv2d(x, kernel, 1, "SAME")
 
     def grad(dy):
-        flipped = tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2])
-        dx = tf.nn.conv2d(dy, flipped, 1, "SAME")
+        dx = tf.nn.conv2d(dy, winograd.transposed_flip(kernel), 1, "SAME")
         dk = tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=tf.shape(kernel), out_backprop=dy,
                                              strides=[1, 1, 1, 1], padding="SAME")
         return dx, dk
@@ -92,13 +90,11 @@ def convolution(x, kernel, stride: int, allow_winograd: bool = True):
     """SAME convolution with square kernel and stride, in the formulation fastest for x's shape."""
     k = kernel.shape[0]
     h, w = x.shape[1], x.shape[2]
-    if h is None or w is None:
-        return tf.nn.conv2d(x, kernel, stride, "SAME")
-    if accelerator_visible():
+    if h is None or w is None or accelerator_visible():
         return tf.nn.conv2d(x, kernel, stride, "SAME")
     if (allow_winograd and k == 3 and stride == 1 and x.dtype == tf.float32
             and min(x.shape[-1], kernel.shape[-1]) >= WINOGRAD_MIN_CHANNELS):
-        return winograd.conv3x3(x, kernel, tile=2 if max(h, w) <= 2 else 4)
+        return winograd.conv3x3(x, kernel, winograd.tile_for(h, w))
     pixels = h * w
     # Strided 1x1 with channels not a multiple of 8: oneDNN's filter gradient is wrong (module doc);
     # whatever onednn_enabled() says, as it reads a private TensorFlow API.
