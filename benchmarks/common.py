@@ -131,3 +131,16 @@ def device_peak_memory_gib() -> float | None:
     if not tf.config.list_physical_devices("GPU"):
         return None
     return tf.config.experimental.get_memory_info("GPU:0")["peak"] / GIB
+
+
+def host_tensor_peak_gib() -> float | None:
+    """Peak bytes of live tensors in TensorFlow's CPU allocator, where it keeps count (oneDNN's does).
+
+    Peak RSS is this plus the runtime and whatever of the allocator's pool a step has touched.
+    """
+    import tensorflow as tf
+
+    try:
+        return tf.config.experimental.get_memory_info("CPU:0")["peak"] / GIB
+    except (ValueError, RuntimeError):
+        return None

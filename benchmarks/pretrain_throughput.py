@@ -157,7 +157,7 @@ def run(args) -> dict:
         else:
             dataset = synthetic_dataset(args.batch_size, args.image_size)
         timing = time_train_function(model, dataset, strategy, steps=args.steps, warmup=args.warmup)
-    peak_rss = common.peak_rss_gib()  # before the matmul probe's buffers
+    peak_rss, tensor_peak = common.peak_rss_gib(), common.host_tensor_peak_gib()  # before the matmul probe
     times = timing["times"]
     step_s = common.median(times) / args.steps_per_execution
     views = 2 * args.batch_size
@@ -181,7 +181,8 @@ def run(args) -> dict:
         "matmul_peak_gflops": peak, "fraction_of_peak": achieved_gflops / peak,
         "target_views_per_s": TARGET_VIEWS_PER_S, "reference_views_per_s": REFERENCE_VIEWS_PER_S,
         "peak_rss_gib": peak_rss, "reference_peak_rss_gib": REFERENCE_PEAK_RSS_GIB,
-        "rss_growth_gib": timing["rss_growth_gib"], "device_peak_gib": common.device_peak_memory_gib(),
+        "rss_growth_gib": timing["rss_growth_gib"], "host_tensor_peak_gib": tensor_peak,
+        "device_peak_gib": common.device_peak_memory_gib(),
         "load_avg_start": load_at_start, "load_avg": common.load_average(), **common.environment(),
     })
 
