@@ -43,7 +43,7 @@ def _init_encoder_if_fresh(cfg: Config, model) -> None:
         checkpoints.load_encoder(model.encoder, cfg.checkpoint)
 
 
-def _pretrain(cfg: Config, strategy) -> dict:
+def _pretrain(cfg: Config, strategy, on_checkpoint=None) -> dict:
     ds, meta = _load(cfg, cfg.dataset, cfg.train_split)
     if cfg.method == "micle" and not meta.has_bags:
         raise DataError(f"--method=micle needs cases with several images, but every example of "
@@ -57,8 +57,8 @@ def _pretrain(cfg: Config, strategy) -> dict:
         model = build.contrastive_model(cfg, num_train_examples=num_examples,
                                         num_replicas=strategy.num_replicas_in_sync)
     _init_encoder_if_fresh(cfg, model)
-    return training.train(model, dataset, model_dir=cfg.model_dir,
-                          total_steps=cfg.total_steps(num_examples), **_loop_args(cfg)), model
+    return training.train(model, dataset, model_dir=cfg.model_dir, total_steps=cfg.total_steps(num_examples),
+                          on_checkpoint=on_checkpoint, **_loop_args(cfg)), model
 
 
 def _loop_args(cfg: Config) -> dict:
@@ -88,7 +88,7 @@ def _classifier(cfg: Config, strategy, classes: dict, num_examples: int):
                                 num_replicas=strategy.num_replicas_in_sync)
 
 
-def _finetune(cfg: Config, strategy):
+def _finetune(cfg: Config, strategy, on_checkpoint=None):
     ds, meta = _load(cfg, cfg.dataset, cfg.train_split, cfg.label_fraction)
     classes = _classes(cfg, meta)
     dataset = _distribute(strategy, lambda ctx: pipelines.supervised_dataset(
@@ -96,8 +96,8 @@ def _finetune(cfg: Config, strategy):
         augmentation=cfg.augmentation, training=True, seed=cfg.seed, input_context=ctx))
     model = _classifier(cfg, strategy, classes, meta.num_examples)
     _init_encoder_if_fresh(cfg, model)
-    return training.train(model, dataset, model_dir=cfg.model_dir,
-                          total_steps=cfg.total_steps(meta.num_examples), **_loop_args(cfg)), model
+    return training.train(model, dataset, model_dir=cfg.model_dir, total_steps=cfg.total_steps(meta.num_examples),
+                          on_checkpoint=on_checkpoint, **_loop_args(cfg)), model
 
 
 def _restore_for_eval(cfg: Config, model) -> tuple[str, int]:
@@ -177,8 +177,11 @@ def _export(cfg: Config, strategy, model=None) -> str:
     return path
 
 
-def run(cfg: Config) -> dict:
-    """Runs `cfg.mode`; returns a summary (training figures, result, export path)."""
+def run(cfg: Config, on_checkpoint=None) -> dict:
+    """Runs `cfg.mode`; returns a summary (training figures, result, export path).
+
+    `on_checkpoint(model, step)`: see `training.train` (e.g. validation for early stopping).
+    """
     cfg.validate()
     try:
         augment.get_preset(cfg.augmentation)
@@ -195,7 +198,7 @@ def run(cfg: Config) -> dict:
     summary, model = {}, None
 
     if cfg.mode in ("train", "train_then_eval"):
-        summary["train"], model = (_pretrain if pretrain else _finetune)(cfg, strategy)
+        summary["train"], model = (_pretrain if pretrain else _finetune)(cfg, strategy, on_checkpoint)
         if summary["train"]["preempted"]:
             return summary
     if cfg.mode in ("eval", "train_then_eval"):

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import signal
+from collections.abc import Callable
 
 import keras
 import tensorflow as tf
@@ -47,13 +48,19 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
 
 class StepCheckpoint(keras.callbacks.Callback):
-    """Saves every `every` steps, at the end, and when SIGTERM (TPU-VM preemption) arrives."""
+    """Saves every `every` steps, at the end, and when SIGTERM (TPU-VM preemption) arrives.
 
-    def __init__(self, manager: tf.train.CheckpointManager, every: int, total_steps: int):
+    `on_save(model, step)`, if given, runs after each save but a preemption's (the grace period
+    is for saving), and stops training by returning True: online early stopping on the saved state.
+    """
+
+    def __init__(self, manager: tf.train.CheckpointManager, every: int, total_steps: int,
+                 on_save: Callable[[keras.Model, int], bool] | None = None):
         super().__init__()
         self.manager = manager
         self.every = every
         self.total_steps = total_steps
+        self.on_save = on_save
         self.last_saved = None
         self.preempted = False
         self._previous_handler = None
@@ -70,6 +77,8 @@ class StepCheckpoint(keras.callbacks.Callback):
         if step != self.last_saved:
             self.manager.save(checkpoint_number=step)
             self.last_saved = step
+            if self.on_save is not None and not self.preempted and self.on_save(self.model, step):
+                self.model.stop_training = True
 
     def on_train_batch_end(self, batch, logs=None):
         step = _step(self.model)
@@ -127,8 +136,11 @@ def train(
     log_steps: int = 50,
     skip_nonfinite_steps: int = 0,
     verbose: int = 1,
+    on_checkpoint: Callable[[keras.Model, int], bool] | None = None,
 ) -> dict:
     """Trains a compiled model from its latest checkpoint in `model_dir` up to `total_steps`.
+
+    `on_checkpoint(model, step)` runs after every checkpoint; returning True stops training there.
 
     Returns {"start_step", "final_step", "preempted", "history"}.
     """
@@ -142,7 +154,7 @@ def train(
     initial_epoch = start // chunk
     # Skipped (non-finite) steps do not advance the step count: leave room for them.
     epochs = initial_epoch + math.ceil((total_steps - start + skip_nonfinite_steps) / chunk)
-    saver = StepCheckpoint(manager, checkpoint_steps, total_steps)
+    saver = StepCheckpoint(manager, checkpoint_steps, total_steps, on_checkpoint)
     history = History(log_steps)
     callbacks = [
         NonFiniteGuard(skip_nonfinite_steps),  # first: a bad step must stop before any save

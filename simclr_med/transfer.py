@@ -8,11 +8,10 @@ against a baseline init, and the steps/epochs to converge under early stopping.
 A cell is `experiment.run` in `root/<task>/<init>/seed<k>/`: a cell with `result.json` is done
 and skipped, a half-trained one resumes from its checkpoint, so a killed benchmark continues.
 
-Early stopping. `experiment.run` takes no callbacks, so a cell trains its whole step budget and
-keeps a checkpoint every `eval_every` steps; the checkpoints are then scored on the validation
-split in step order and the stopping rule (no improvement for `patience` evaluations) is
-applied as a callback would have applied it during training. The chosen checkpoint and step
-are those of online early stopping under the same LR schedule; only the compute is not saved.
+Early stopping. A cell keeps a checkpoint every `eval_every` steps and scores the model on the
+validation split after each one; training stops after `patience` scores without a new best
+(online, under the cell's unchanged LR schedule). Every score is persisted, so a killed cell
+resumes with its history; checkpoints saved but not yet scored are scored from disk first.
 The test result of a cell is that of its best validation checkpoint.
 
 Spec (a dict or a JSON file; paths relative to the working directory, like flagfiles):
@@ -249,13 +248,13 @@ def _write_json(path: str, obj) -> None:
 
 
 class _Validator:
-    """Scores checkpoints of one cell on the validation split, building the model once."""
+    """Scores a cell's classifier on the validation split: the model in training, or a checkpoint."""
 
     def __init__(self, cfg: Config, split: str, metric: str | None):
-        self.classes = classes = _read_json(os.path.join(cfg.model_dir, experiment.CLASSES_FILE))
+        self.cfg = cfg
+        self.classes = _read_json(os.path.join(cfg.model_dir, experiment.CLASSES_FILE))
         self.metric = metric
-        self.model = build.classifier(cfg, num_classes=len(classes["class_names"]),
-                                      multi_label=classes["multi_label"], num_train_examples=1)
+        self._restored = None
         ds, self.meta = datasets.load(cfg.dataset, split, data_dir=cfg.data_dir,
                                       manual_dir=cfg.manual_dir or None,
                                       uncertainty_policy=cfg.uncertainty_policy, seed=cfg.seed)
@@ -263,9 +262,15 @@ class _Validator:
                                                  image_size=cfg.image_size, augmentation="none",
                                                  training=False, with_ids=True)
 
-    def score(self, prefix: str) -> tuple[str, float | None]:
-        tf.train.Checkpoint(model=self.model).restore(prefix).expect_partial()
-        pred = evaluate.score(evaluate.predict(self.model, self.data),
+    def score_checkpoint(self, prefix: str) -> tuple[str, float | None]:
+        if self._restored is None:
+            self._restored = build.classifier(self.cfg, num_classes=len(self.classes["class_names"]),
+                                              multi_label=self.classes["multi_label"], num_train_examples=1)
+        tf.train.Checkpoint(model=self._restored).restore(prefix).expect_partial()
+        return self.score(self._restored)
+
+    def score(self, model) -> tuple[str, float | None]:
+        pred = evaluate.score(evaluate.predict(model, self.data),
                               model_classes=self.classes["class_names"],
                               model_multi_label=self.classes["multi_label"],
                               data_classes=self.meta.class_names, eval_tasks=self.classes["eval_tasks"])
@@ -279,31 +284,39 @@ class _Validator:
 
 
 def _early_stopped(cfg: Config, early: EarlyStopping, metric: str | None) -> dict | None:
-    """Trains the cell, applies the stopping rule to its checkpoints, persists every score.
+    """Trains the cell until the stopping rule fires, persisting every validation score.
 
     Returns the cell's early-stopping record, or None when SIGTERM stopped the training.
     """
     path = os.path.join(cfg.model_dir, STATE_FILE)
     state = _read_json(path) if os.path.exists(path) else {"history": [], "trained": False}
-    if not state["trained"]:
-        if experiment.run(cfg)["train"]["preempted"]:
-            return None
-        state["trained"] = True
-        _write_json(path, state)
-    scored = {h["step"] for h in state["history"]}
     validator = None
-    for step, prefix in _checkpoint_steps(cfg.model_dir):
-        decision = stopping_point([(h["step"], h["value"]) for h in state["history"]], early.patience)
-        if decision["stopped_early"]:
-            break
-        if step in scored:
-            continue
-        validator = validator or _Validator(cfg, early.validation_split, metric)
-        state["metric"], value = validator.score(prefix)
+
+    def record(step: int, scored: tuple[str, float | None]) -> bool:
+        """Persists one score; True when the stopping rule says stop."""
+        state["metric"], value = scored
         state["history"].append({"step": step, "value": value})
         _write_json(path, state)
         log.info("%s step %d: validation %s = %s", cfg.model_dir, step, state["metric"], value)
-    decision = stopping_point([(h["step"], h["value"]) for h in state["history"]], early.patience)
+        return _decision(state, early)["stopped_early"]
+
+    # Checkpoints saved but never scored (the process died in between), in step order.
+    for step, prefix in _checkpoint_steps(cfg.model_dir):
+        if _decision(state, early)["stopped_early"]:
+            break
+        if step not in {h["step"] for h in state["history"]}:
+            validator = validator or _Validator(cfg, early.validation_split, metric)
+            record(step, validator.score_checkpoint(prefix))
+    if not state["trained"] and not _decision(state, early)["stopped_early"]:
+        def on_checkpoint(model, step):
+            nonlocal validator  # built after the first run wrote the class list
+            validator = validator or _Validator(cfg, early.validation_split, metric)
+            return record(step, validator.score(model))
+
+        if experiment.run(cfg, on_checkpoint=on_checkpoint)["train"]["preempted"]:
+            return None
+    state["trained"] = True
+    decision = _decision(state, early)
     if decision["best_step"] is None:
         raise DataError(f"{cfg.model_dir}: validation {state.get('metric')} is undefined at every "
                         f"checkpoint of {cfg.dataset}/{early.validation_split}")
@@ -315,6 +328,10 @@ def _early_stopped(cfg: Config, early: EarlyStopping, metric: str | None) -> dic
                  epochs_to_best=decision["best_step"] * cfg.train_batch_size / meta.num_examples)
     _write_json(path, state)
     return state
+
+
+def _decision(state: dict, early: EarlyStopping) -> dict:
+    return stopping_point([(h["step"], h["value"]) for h in state["history"]], early.patience)
 
 
 def _prune(model_dir: str, best_step: int) -> None:

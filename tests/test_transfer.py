@@ -117,8 +117,8 @@ def test_harness_table_ttest_early_stopping_and_resume(tmp_path, monkeypatch):
         assert state["epochs_to_best"] == pytest.approx(state["best_step"] * 8 / DEMO_TRAIN_CASES)
         assert result["global_step"] == state["best_step"]  # the test score is the best checkpoint's
         kept = {int(p.rsplit("-", 1)[1]) for p in tf.train.get_checkpoint_state(cell).all_model_checkpoint_paths}
-        assert kept == {state["best_step"], 9}
-        assert tf.train.latest_checkpoint(cell).endswith("ckpt-9")
+        assert kept == {state["best_step"], state["stop_step"]}
+        assert tf.train.latest_checkpoint(cell).endswith(f"ckpt-{state['stop_step']}")
 
     # A rerun skips finished cells; a cell that lost its result only re-evaluates (trained already).
     mtimes = {c: os.path.getmtime(os.path.join(c, "result.json")) for c in cells}
@@ -130,3 +130,39 @@ def test_harness_table_ttest_early_stopping_and_resume(tmp_path, monkeypatch):
     assert again["ran"] == [cells[0]] and modes == ["eval"]
     assert all(os.path.getmtime(os.path.join(c, "result.json")) == mtimes[c] for c in cells[1:])
     assert again["rows"] == table["rows"]
+
+
+def test_early_stopping_stops_training_and_resumes_with_its_history(tmp_path, monkeypatch):
+    """Validation scores that only fall: with patience 2 the cell must stop at its third
+    evaluation (step 6 of 20) and never train further, even when run again without its result."""
+    scored_steps = []
+
+    def falling_score(self, model):
+        step = int(model.optimizer.iterations.numpy())
+        scored_steps.append(step)
+        return "auc", 1.0 / step
+
+    monkeypatch.setattr(transfer._Validator, "score", falling_score)
+    spec = _spec(tasks={"demo": {"dataset": "demo", "train_steps": 20}}, seeds=1, data_dir=str(tmp_path / "tfds"),
+                 early_stopping={"validation_split": "validation", "eval_every": 2, "patience": 2})
+    root = str(tmp_path / "bench")
+    transfer.run(spec, root)
+    cell = transfer.cell_dir(root, "demo", "random", 0)
+    with open(os.path.join(cell, transfer.STATE_FILE)) as f:
+        state = json.load(f)
+    assert scored_steps == [2, 4, 6]
+    assert (state["best_step"], state["stop_step"], state["stopped_early"]) == (2, 6, True)
+    assert tf.train.latest_checkpoint(cell).endswith("ckpt-6")  # no step beyond the stop was trained
+    with open(os.path.join(cell, "result.json")) as f:
+        assert json.load(f)["global_step"] == 2
+
+    # Killed after saving step 6 but before scoring it: the rerun scores that checkpoint from disk,
+    # stops there, and trains nothing.
+    os.remove(os.path.join(cell, "result.json"))
+    state.update(trained=False, history=state["history"][:-1])
+    with open(os.path.join(cell, transfer.STATE_FILE), "w") as f:
+        json.dump(state, f)
+    transfer.run(spec, root)
+    assert scored_steps == [2, 4, 6, 6] and tf.train.latest_checkpoint(cell).endswith("ckpt-6")
+    with open(os.path.join(cell, transfer.STATE_FILE)) as f:
+        assert json.load(f)["stop_step"] == 6
