@@ -54,7 +54,6 @@ SPEC_KEYS = ("description", "base", "inits", "baseline", "tasks", "seeds", "metr
              "early_stopping", "data_dir")
 TABLE_FILE = "transfer_table.json"
 STATE_FILE = "early_stopping.json"
-KEEP_ALL_CHECKPOINTS = 1_000_000  # the stopping rule needs every checkpoint until it has run
 _HARNESS_FIELDS = ("mode", "model_dir", "seed")  # set per cell by the harness, never by a spec
 
 
@@ -194,7 +193,9 @@ def cell_config(spec: Spec, root: str, task: str, init: str, seed: int) -> Confi
                   data_dir=fields.get("data_dir") or spec.data_dir or os.path.join(root, "data"))
     if spec.early_stopping:
         every = spec.early_stopping.eval_every or fields.get("checkpoint_steps", Config.checkpoint_steps)
-        fields.update(checkpoint_steps=every, keep_checkpoint_max=KEEP_ALL_CHECKPOINTS)
+        # Every checkpoint is scored, and training stops `patience` scores after the best one,
+        # so the best is always among the last patience + 1.
+        fields.update(checkpoint_steps=every, keep_checkpoint_max=spec.early_stopping.patience + 1)
     cfg = Config(**fields)
     try:
         cfg.validate()

@@ -146,6 +146,7 @@ def test_early_stopping_stops_training_and_resumes_with_its_history(tmp_path, mo
     spec = _spec(tasks={"demo": {"dataset": "demo", "train_steps": 20}}, seeds=1, data_dir=str(tmp_path / "tfds"),
                  early_stopping={"validation_split": "validation", "eval_every": 2, "patience": 2})
     root = str(tmp_path / "bench")
+    assert transfer.cell_config(transfer.load_spec(spec), root, "demo", "random", 0).keep_checkpoint_max == 3
     transfer.run(spec, root)
     cell = transfer.cell_dir(root, "demo", "random", 0)
     with open(os.path.join(cell, transfer.STATE_FILE)) as f:
