@@ -20,6 +20,11 @@ from simclr_med.errors import CheckpointError
 log = logging.getLogger(__name__)
 
 
+def global_step(optimizer) -> int:
+    """The run's step, `optimizer.iterations` (a MirroredVariable under MirroredStrategy has no int())."""
+    return int(optimizer.iterations.numpy())
+
+
 def make_manager(model: keras.Model, model_dir: str, max_to_keep: int) -> tf.train.CheckpointManager:
     ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
     return tf.train.CheckpointManager(ckpt, model_dir, max_to_keep=max_to_keep, checkpoint_name="ckpt")
@@ -64,7 +69,7 @@ def restore_latest(manager: tf.train.CheckpointManager) -> int:
             raise CheckpointError(
                 f"{path}: cannot resume from this checkpoint ({_first_line(e)}); it was written by a "
                 "different model (depth/width/head/dataset) — use a new --model_dir") from None
-        step = int(manager.checkpoint.optimizer.iterations)
+        step = global_step(manager.checkpoint.optimizer)
         log.info("resumed from %s (step %d)", path, step)
         return step
     if unreadable:

@@ -170,7 +170,7 @@ def _export(cfg: Config, strategy, model=None) -> str:
             model = _classifier(cfg, strategy, _classes(cfg), num_examples=1)
         step = _restore_for_eval(cfg, model)[1]
     else:
-        step = int(model.optimizer.iterations)
+        step = checkpoints.global_step(model.optimizer)
     path = export.export_saved_model(model, os.path.join(cfg.model_dir, "saved_model"),
                                      step=step, image_size=cfg.image_size)
     log.info("exported SavedModel to %s", path)

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def _step(model) -> int:
-    return int(model.optimizer.iterations)
+    return checkpoints.global_step(model.optimizer)
 
 
 class NonFiniteGuard(keras.callbacks.Callback):

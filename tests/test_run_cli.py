@@ -77,6 +77,20 @@ def test_pretrain_then_finetune_writes_results_predictions_and_export(runs):
     assert f"simclr-med: exported SavedModel: {finetune / 'saved_model' / '2'}" in logs["finetune"]
 
 
+def test_mirrored_strategy_pretrains_finetunes_evaluates_and_exports(runs):
+    """Two replicas (logical CPUs) through run.py: the step counter is then a MirroredVariable."""
+    root, manual, _, _ = runs
+    data = ["--dataset=derm_cases/generic", f"--manual_dir={manual}", f"--data_dir={root / 'data'}"]
+    mirrored = ["--strategy=mirrored", "--num_logical_devices=2", "--train_steps=2", *data, *TINY]
+    pretrain, finetune = root / "mirrored_pretrain", root / "mirrored_finetune"
+    finish(start(run_py("--mode=train_then_eval", "--train_mode=pretrain", f"--model_dir={pretrain}", *mirrored), root))
+    log = finish(start(run_py("--mode=train_then_eval", "--train_mode=finetune", f"--checkpoint={pretrain}",
+                              f"--model_dir={finetune}", "--optimizer=sgd", *mirrored), root))
+    assert json.loads((pretrain / "result.json").read_text())["global_step"] == 2
+    assert json.loads((finetune / "result.json").read_text())["global_step"] == 2
+    assert f"simclr-med: exported SavedModel: {finetune / 'saved_model' / '2'}" in log
+
+
 def _case_images(manual) -> dict:
     with open(manual / "cases.csv", newline="") as f:
         images = {}
