@@ -96,6 +96,18 @@ def resolve_checkpoint(path: str) -> str:
     raise CheckpointError(f"--checkpoint={path}: not a run directory, checkpoint prefix or Keras weights file")
 
 
+def restore_weights(model: keras.Model, path: str) -> None:
+    """Restores a run checkpoint's layer weights into `model`, not its optimizer.
+
+    Evaluation and export need no optimizer state, whose structure depends on flags that leave
+    the weights alone (--precision=mixed_float16 and --skip_nonfinite_steps add a loss-scale
+    wrapper). Every weight of `model` must be found.
+    """
+    layers = {name: v for name, v in vars(model).items() if isinstance(v, keras.layers.Layer) and v.weights}
+    tf.train.Checkpoint(model=tf.train.Checkpoint(**layers)).restore(
+        path).expect_partial().assert_existing_objects_matched()
+
+
 def load_encoder(encoder: keras.Model, path: str) -> str:
     """Initialises `encoder` from a run's checkpoint or a Keras file; returns the resolved path.
 

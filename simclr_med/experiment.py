@@ -11,7 +11,7 @@ import tensorflow as tf
 from simclr_med import augment, build, checkpoints, datasets, evaluate, export, pipelines, training
 from simclr_med.config import Config
 from simclr_med.errors import CheckpointError, ConfigError, DataError
-from simclr_med.strategy import make_strategy
+from simclr_med.strategy import check_steps_per_execution, make_strategy
 
 log = logging.getLogger(__name__)
 CLASSES_FILE = "classes.json"
@@ -106,7 +106,7 @@ def _restore_for_eval(cfg: Config, model) -> tuple[str, int]:
     if path is None:
         raise CheckpointError(f"{cfg.model_dir}: no checkpoint to evaluate (train first)")
     try:
-        tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
+        checkpoints.restore_weights(model, path)
     except (tf.errors.OpError, IndexError, ValueError, AssertionError) as e:
         raise CheckpointError(f"{path}: does not match this model ({str(e).splitlines()[0][:200]})") from None
     return path, int(path.rsplit("-", 1)[-1])
@@ -194,6 +194,7 @@ def run(cfg: Config, on_checkpoint=None) -> dict:
     keras.utils.set_random_seed(cfg.seed)
     build.set_precision(cfg.precision)
     strategy = make_strategy(cfg.strategy, tpu=cfg.tpu, num_logical_devices=cfg.num_logical_devices)
+    check_steps_per_execution(strategy, cfg.steps_per_execution)
     pretrain = cfg.train_mode == "pretrain"
     summary, model = {}, None
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from simclr_med.errors import ConfigError
+
 
 def split_cpu(num_devices: int) -> None:
     """Splits the host CPU into logical devices, so MirroredStrategy can be exercised on a laptop.
@@ -35,3 +37,16 @@ def make_strategy(name: str = "default", *, tpu: str = "", num_logical_devices: 
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
     raise ValueError(f"unknown strategy {name!r}: use default, mirrored or tpu")
+
+
+def check_steps_per_execution(strategy, steps_per_execution: int) -> None:
+    """Refuses what Keras 3 cannot run: several steps per call on several MirroredStrategy replicas.
+
+    Keras' multi-step loop puts the replicas' gradient merge inside a conditional, which fails
+    with "You must feed a value for placeholder tensor" (keras-team/keras#19246).
+    """
+    if (steps_per_execution > 1 and isinstance(strategy, tf.distribute.MirroredStrategy)
+            and strategy.num_replicas_in_sync > 1):
+        raise ConfigError(f"--steps_per_execution={steps_per_execution} with --strategy=mirrored on "
+                          f"{strategy.num_replicas_in_sync} replicas: Keras 3 cannot run several steps per "
+                          "call there (keras-team/keras#19246); use --steps_per_execution=1")

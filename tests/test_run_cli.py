@@ -77,6 +77,21 @@ def test_pretrain_then_finetune_writes_results_predictions_and_export(runs):
     assert f"simclr-med: exported SavedModel: {finetune / 'saved_model' / '2'}" in logs["finetune"]
 
 
+def test_eval_needs_only_the_weights_not_the_optimizer_flags(runs):
+    """--skip_nonfinite_steps (like --precision=mixed_float16) wraps the optimizer in a loss scaler;
+    evaluating a run trained without it must still restore its weights and give its result."""
+    root, manual, _, _ = runs
+    finetune = root / "finetune"
+    trained = json.loads((finetune / "result.json").read_text())
+    finish(start(run_py("--mode=eval", "--train_mode=finetune", f"--model_dir={finetune}", "--skip_nonfinite_steps=2",
+                        "--dataset=derm_cases/generic", f"--manual_dir={manual}", f"--data_dir={root / 'data'}",
+                        *TINY), root))
+    again = json.loads((finetune / "result.json").read_text())
+    assert again["global_step"] == 2
+    assert again["top1_accuracy"] == pytest.approx(trained["top1_accuracy"])
+    assert again["auc"] == pytest.approx(trained["auc"], abs=1e-6)
+
+
 def test_mirrored_strategy_pretrains_finetunes_evaluates_and_exports(runs):
     """Two replicas (logical CPUs) through run.py: the step counter is then a MirroredVariable."""
     root, manual, _, _ = runs
@@ -89,6 +104,12 @@ def test_mirrored_strategy_pretrains_finetunes_evaluates_and_exports(runs):
     assert json.loads((pretrain / "result.json").read_text())["global_step"] == 2
     assert json.loads((finetune / "result.json").read_text())["global_step"] == 2
     assert f"simclr-med: exported SavedModel: {finetune / 'saved_model' / '2'}" in log
+    # Keras 3 cannot run several steps per call on several replicas: refused up front.
+    proc = start(run_py("--mode=train", "--train_mode=pretrain", f"--model_dir={root / 'mirrored_spe'}",
+                        "--steps_per_execution=2", *mirrored), root)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in out, out[-3000:]
+    assert "--steps_per_execution=2 with --strategy=mirrored on 2 replicas" in out
 
 
 def _case_images(manual) -> dict:
