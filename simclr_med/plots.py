@@ -1,6 +1,6 @@
 """Figures: label-efficiency curves from result.json files, t-SNE of learned embeddings.
 
-    python -m simclr_med.plots label-efficiency runs/*/result.json --metric top1_accuracy \
+    python -m simclr_med.plots label-efficiency runs/*_ft*/result.json --metric top1_accuracy \
         --output curve.png
     python -m simclr_med.plots tsne runs/ft/predictions.npz --output tsne.png
 
@@ -30,14 +30,19 @@ EXACT_TSNE_MAX_POINTS = 500
 
 # ---------------------------------------------------------------- label efficiency
 
+EMPTY_LABELS = {"init_checkpoint": "random init"}  # an empty field, in a legend
+
+
 def load_results(paths: Sequence[str]) -> list[dict]:
     """Read result.json files (flat dicts); each gets its path under RESULT_FILE_KEY."""
     return [{**load_result(path), RESULT_FILE_KEY: str(path)} for path in paths]
 
 
 def default_group_by(results: Sequence[dict]) -> list[str]:
-    """Group by `init` when every result names it, else by `checkpoint`, else one group."""
-    for field in ("init", "checkpoint"):
+    """Group by `init` when every result names it, else by `init_checkpoint` (what a run's
+    result.json records it started from: seeds and label fractions of one init form one curve),
+    else one group."""
+    for field in ("init", "init_checkpoint"):
         if results and all(field in r for r in results):
             return [field]
     return []
@@ -68,7 +73,7 @@ def label_efficiency_data(results: Sequence[dict], metric: str, x: str = "label_
         except (TypeError, ValueError):
             raise ValueError(f"{source}: {x}={result[x]!r} and {metric}={result[metric]!r} "
                              "must be numbers") from None
-        label = ", ".join(f"{result[f]}" if result[f] not in ("", None) else "(none)"
+        label = ", ".join(f"{result[f]}" if result[f] not in ("", None) else EMPTY_LABELS.get(f, "(none)")
                           for f in group_by) or metric
         values[label][point[0]].append(point[1])
     return {label: _summarise(by_x) for label, by_x in sorted(values.items())}

@@ -52,6 +52,25 @@ def test_label_efficiency_cli_and_grouping(tmp_path, capsys):
     assert "simclr, 2:" in capsys.readouterr().out
 
 
+def test_label_efficiency_groups_real_run_results_by_their_init(tmp_path):
+    """result.json as experiment.py writes it: each run has its own `checkpoint`, and the init
+    it started from in `init_checkpoint` ("" for random init); seeds of one init are one curve."""
+    paths = []
+    for init in ("", "runs/micle"):
+        for fraction in (0.1, 1.0):
+            for seed in range(2):
+                run = tmp_path / f"ft_{bool(init)}_{fraction}_{seed}"
+                run.mkdir()
+                (run / "result.json").write_text(json.dumps({
+                    "top1_accuracy": 0.5 + fraction / 10 + seed / 100, "label_fraction": fraction, "seed": seed,
+                    "checkpoint": f"{run}/ckpt-200", "init_checkpoint": init, "global_step": 200}))
+                paths.append(str(run / "result.json"))
+    data = plots.label_efficiency_data(plots.load_results(paths), "top1_accuracy")
+    assert set(data) == {"random init", "runs/micle"}
+    assert data["runs/micle"]["x"] == [0.1, 1.0] and data["runs/micle"]["n"] == [2, 2]
+    assert data["random init"]["mean"][1] == pytest.approx(0.605)
+
+
 def test_label_efficiency_rejects_bad_input(tmp_path, capsys):
     paths, _ = write_results(tmp_path)
     results = plots.load_results(paths)
