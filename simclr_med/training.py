@@ -50,17 +50,17 @@ class NonFiniteGuard(keras.callbacks.Callback):
 class StepCheckpoint(keras.callbacks.Callback):
     """Saves every `every` steps, at the end, and when SIGTERM (TPU-VM preemption) arrives.
 
-    `on_save(model, step)`, if given, runs after each save but a preemption's (the grace period
+    `on_checkpoint(model, step)`, if given, runs after each save but a preemption's (the grace period
     is for saving), and stops training by returning True: online early stopping on the saved state.
     """
 
     def __init__(self, manager: tf.train.CheckpointManager, every: int, total_steps: int,
-                 on_save: Callable[[keras.Model, int], bool] | None = None):
+                 on_checkpoint: Callable[[keras.Model, int], bool] | None = None):
         super().__init__()
         self.manager = manager
         self.every = every
         self.total_steps = total_steps
-        self.on_save = on_save
+        self.on_checkpoint = on_checkpoint
         self.last_saved = None
         self.preempted = False
         self._previous_handler = None
@@ -77,7 +77,7 @@ class StepCheckpoint(keras.callbacks.Callback):
         if step != self.last_saved:
             self.manager.save(checkpoint_number=step)
             self.last_saved = step
-            if self.on_save is not None and not self.preempted and self.on_save(self.model, step):
+            if self.on_checkpoint is not None and not self.preempted and self.on_checkpoint(self.model, step):
                 self.model.stop_training = True
 
     def on_train_batch_end(self, batch, logs=None):
