@@ -62,7 +62,7 @@ HELP = {
     "num_logical_devices": "split the CPU into N logical devices (testing MirroredStrategy)",
     "precision": "float32 | mixed_bfloat16 | mixed_float16",
     "use_xla": "compile train steps with XLA (faster on GPU/TPU, slower on CPU)",
-    "winograd": "on CPU in float32, run wide stride-1 3x3 convolutions as Winograd convolutions (~10% faster ResNet-50 step, ~0.1 GiB more host memory; see README Performance)",
+    "winograd": "on CPU in float32, run wide stride-1 3x3 convolutions as Winograd convolutions (~9% faster ResNet-50 step, ~0.15 GiB more live tensors; see README Performance)",
     "seed": "random seed",
     "skip_nonfinite_steps": "skip up to N steps with NaN/Inf loss before stopping",
     "verbose": "0 silent, 1 progress bar, 2 one line per chunk",

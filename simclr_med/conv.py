@@ -4,10 +4,11 @@ Measured on a 2-core AVX2 CPU, fwd+bwd of every ResNet-50 convolution at 64 and 
 (benchmarks/conv_kernels.py). Which formulation wins depends on TensorFlow's CPU kernels:
 
 - oneDNN (TF_ENABLE_ONEDNN_OPTS=1, which run.py sets): the convolution kernels win, except on
-  maps of a few pixels (the last stages at 64 px), where oneDNN falls back to slow generic code
-  and im2col + one matmul is faster. Strided 1×1 convolutions with fewer than 8 (or a
-  non-multiple of 8) input channels also go to the matmul: TF 2.21's oneDNN filter gradient
-  is wrong for them (off by 20–100%; tests/test_conv.py catches it).
+  maps of a few pixels (the last stages at 64 px: up to 2×2 at stride 1, 8×8 at stride 2), where
+  oneDNN falls back to slow generic code and im2col + one matmul is faster. Strided 1×1
+  convolutions with fewer than 8 (or a non-multiple of 8) input channels also go to the matmul:
+  TF 2.21's oneDNN filter gradient is wrong for them (off by 20–100%; tests/test_conv.py
+  catches it).
 - Eigen (TensorFlow's default on CPUs without AVX-512): the same tiny-map rule, plus 1×1
   convolutions as plain matmuls (1.1–25× faster), and k×k stride-1 convolutions whose input
   gradient runs as a forward convolution of the output gradient with the flipped, transposed
@@ -25,11 +26,13 @@ from __future__ import annotations
 import functools
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from simclr_med import winograd
 
-GEMM_MAX_PIXELS = {1: 4, 2: 16}  # stride -> largest H*W convolved as im2col + matmul
+SELECTION_MAX_PIXELS = 64  # im2col by a 0/1 matmul up to here; its FLOPs grow with pixels²
+GEMM_MAX_PIXELS = {1: 4, 2: SELECTION_MAX_PIXELS}  # stride -> largest H*W convolved as im2col + matmul
 EIGEN_STRIDED_1X1_GEMM_MAX_PIXELS = 1024  # Eigen: larger strided 1x1 maps lose to the slice copy
 WINOGRAD_MIN_CHANNELS = 128  # with fewer, the tile transforms cost more than the multiplications saved
 
@@ -57,13 +60,39 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+@functools.cache
+def _patch_selection(h: int, w: int, k: int, stride: int) -> np.ndarray:
+    """0/1 matrix [out_h·out_w·k·k, h·w]: row (output pixel, tap) picks that tap's input pixel;
+    taps on SAME padding are all-zero rows."""
+    (top, _), (left, _) = same_padding(h, k, stride), same_padding(w, k, stride)
+    out_h, out_w = -(-h // stride), -(-w // stride)
+    rows, cols = np.meshgrid(np.arange(out_h) * stride - top, np.arange(out_w) * stride - left, indexing="ij")
+    taps_r, taps_c = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
+    r = rows[:, :, None, None] + taps_r  # [out_h, out_w, k, k]
+    c = cols[:, :, None, None] + taps_c
+    inside = ((r >= 0) & (r < h) & (c >= 0) & (c < w)).ravel()
+    selection = np.zeros([out_h * out_w * k * k, h * w], np.float32)
+    selection[np.flatnonzero(inside), (r * w + c).ravel()[inside]] = 1
+    return selection
+
+
 def gemm_conv(x, kernel, stride: int):
-    """SAME convolution as im2col + one matmul (square kernel and stride, static H and W)."""
+    """SAME convolution as im2col + one matmul (square kernel and stride, static H and W).
+
+    On maps of at most SELECTION_MAX_PIXELS the patches are gathered by a matmul with a constant
+    0/1 matrix: one small batched matmul each way instead of k² strided slices and their
+    gradients, memory-bound copies that cost as much as the convolution's maths (a 4×4 map at
+    stride 2: 63 → 29 ms fwd + bwd, benchmarks/conv_kernels.py).
+    """
     k, _, c_in, c_out = kernel.shape
     h, w = x.shape[1], x.shape[2]
     out_h, out_w = -(-h // stride), -(-w // stride)
-    if k == 1:
-        patches = x[:, ::stride, ::stride, :] if stride > 1 else x
+    if k == 1 and stride == 1:
+        patches = x
+    elif h * w <= SELECTION_MAX_PIXELS:
+        patches = tf.matmul(tf.constant(_patch_selection(h, w, k, stride), x.dtype), tf.reshape(x, [-1, h * w, c_in]))
+    elif k == 1:
+        patches = x[:, ::stride, ::stride, :]
     else:
         x = tf.pad(x, [[0, 0], same_padding(h, k, stride), same_padding(w, k, stride), [0, 0]])
         patches = tf.concat([x[:, i:i + (out_h - 1) * stride + 1:stride, j:j + (out_w - 1) * stride + 1:stride, :]

@@ -48,6 +48,27 @@ def test_matches_keras_conv2d(h, w, channels, kernel, stride, onednn, monkeypatc
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("h,w,kernel,stride", [
+    (4, 4, 3, 2), (8, 8, 3, 2), (7, 5, 5, 2), (2, 2, 3, 1), (1, 1, 3, 1), (8, 8, 1, 2),  # patches by a 0/1 matmul
+    (9, 9, 3, 2), (12, 10, 3, 1), (10, 9, 1, 2),  # by slices: more than SELECTION_MAX_PIXELS
+    (6, 7, 1, 1),  # none needed
+])
+def test_gemm_conv_matches_tensorflow_on_both_patch_gatherings(h, w, kernel, stride):
+    """Every im2col branch, in float64 against TensorFlow's own convolution, values and gradients."""
+    rng = np.random.default_rng(h * w * kernel + stride)
+    x = tf.constant(rng.normal(size=(2, h, w, 3)))
+    k = tf.constant(rng.normal(size=(kernel, kernel, 3, 4)))
+    results = []
+    for fn in (lambda x, k: tf.nn.conv2d(x, k, stride, "SAME"), lambda x, k: conv.gemm_conv(x, k, stride)):
+        with tf.GradientTape() as tape:
+            tape.watch([x, k])
+            y = fn(x, k)
+            loss = tf.reduce_sum(y * tf.sin(y))
+        results.append([y.numpy(), *(g.numpy() for g in tape.gradient(loss, [x, k]))])
+    for expected, got in zip(*results):
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
+
+
 def test_unknown_spatial_shape_falls_back_and_xla_compiles():
     layer = conv.Conv2D(4, 3, padding="same")
     layer.build((None, None, None, 2))

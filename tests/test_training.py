@@ -117,7 +117,7 @@ _MIRRORED_STEP = textwrap.dedent("""
     from simclr_med import build
     from simclr_med.config import Config
     from simclr_med.strategy import make_strategy
-    replicas = int(sys.argv[1])
+    replicas, out = int(sys.argv[1]), sys.argv[2]
     strategy = make_strategy("mirrored" if replicas > 1 else "default", num_logical_devices=replicas)
     cfg = Config(resnet_depth=18, image_size=32, train_batch_size=8, optimizer="sgd", momentum=0.0,
                  learning_rate=0.1, learning_rate_scaling="none", warmup_epochs=0, train_steps=1,
@@ -128,26 +128,31 @@ _MIRRORED_STEP = textwrap.dedent("""
     tf.keras.utils.set_random_seed(1)
     with strategy.scope():
         model = build.contrastive_model(cfg, num_train_examples=8, num_replicas=replicas)
+    before = [v.numpy() for v in model.trainable_weights]
     logs = model.fit(ds, epochs=1, verbose=0).history
-    w = model.encoder.get_layer("stem_conv").kernel.numpy()
-    print(json.dumps({"loss": logs["contrast_loss"][0], "w": float(np.sum(w)), "w_abs": float(np.sum(np.abs(w)))}))
+    np.save(out, np.concatenate([(v.numpy() - b).ravel() for v, b in zip(model.trainable_weights, before)]))
+    print(json.dumps({"loss": logs["contrast_loss"][0]}))
 """)
 
 
-def _step(replicas):
-    out = subprocess.run([sys.executable, "-c", _MIRRORED_STEP, str(replicas)], capture_output=True, text=True,
-                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def _step(replicas, out):
+    result = subprocess.run([sys.executable, "-c", _MIRRORED_STEP, str(replicas), str(out)], capture_output=True,
+                            text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])["loss"], np.load(out)
 
 
-def test_mirrored_train_step_equals_single_device():
-    """Sync-BN, cross-replica negatives and gradient summation together give the same step."""
-    one, two = _step(1), _step(2)
-    # Synchronized BN takes Keras' path, unsynchronized BN the fused kernel: float32 round-off differs.
-    assert two["loss"] == pytest.approx(one["loss"], rel=5e-5)
-    assert two["w"] == pytest.approx(one["w"], rel=1e-4, abs=1e-5)
-    assert two["w_abs"] == pytest.approx(one["w_abs"], rel=1e-5)
+def test_mirrored_train_step_equals_single_device(tmp_path):
+    """Sync-BN, cross-replica negatives and gradient summation together give the same step.
+
+    Compared as whole update vectors: float32 round-off differs between the paths (synchronized BN
+    takes Keras' path, unsynchronized BN the fused kernel, and the convolutions see 8 or 16 views)
+    and can flip a ReLU whose input is ~0, which moves every update below it by ~0.2%. Unsynchronized
+    BN changes the loss by 4%; summing per-replica means instead of shares doubles the update.
+    """
+    (loss_one, update_one), (loss_two, update_two) = _step(1, tmp_path / "one.npy"), _step(2, tmp_path / "two.npy")
+    assert loss_two == pytest.approx(loss_one, rel=5e-5)
+    assert np.linalg.norm(update_two - update_one) < 1e-2 * np.linalg.norm(update_one)
 
 
 @pytest.mark.parametrize("multi_label", [False, True])
