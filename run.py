@@ -63,6 +63,7 @@ HELP = {
     "precision": "float32 | mixed_bfloat16 | mixed_float16",
     "use_xla": "compile train steps with XLA (faster on GPU/TPU, slower on CPU)",
     "winograd": "on CPU in float32, run wide stride-1 3x3 convolutions as Winograd convolutions (~9% faster ResNet-50 step, ~0.15 GiB more live tensors; see README Performance)",
+    "host_memory_limit_gib": "cap TensorFlow's CPU tensor memory at this many GiB, bounding peak RSS (0: no cap; see README Performance)",
     "seed": "random seed",
     "skip_nonfinite_steps": "skip up to N steps with NaN/Inf loss before stopping",
     "verbose": "0 silent, 1 progress bar, 2 one line per chunk",
@@ -82,6 +83,16 @@ FLAGS = flags.FLAGS
 def _fail(error: Exception) -> None:
     print(f"simclr-med: error: {error}", file=sys.stderr)
     sys.exit(2)
+
+
+def _out_of_memory(error, cfg: Config) -> str:
+    """One line instead of TensorFlow's op traceback: what failed to fit, and what to change."""
+    what = next((line.strip() for line in error.message.splitlines() if line.startswith("OOM ")), "out of memory")
+    if cfg.host_memory_limit_gib:
+        advice = f"--host_memory_limit_gib={cfg.host_memory_limit_gib} is too small: raise it (0: no limit)"
+    else:
+        advice = "the device or host has too little memory"
+    return f"{what}: {advice}, or lower --train_batch_size / --eval_batch_size / --image_size"
 
 
 def _keep_tool_files_in(model_dir: str) -> None:
@@ -104,6 +115,9 @@ def main(argv):
     except SimclrMedError as e:
         _fail(e)
     _keep_tool_files_in(cfg.model_dir)
+    tf_env.limit_host_memory(cfg.host_memory_limit_gib)
+    import tensorflow as tf
+
     from simclr_med import experiment, sweep
 
     try:
@@ -113,6 +127,8 @@ def main(argv):
             summary = experiment.run(cfg)
     except SimclrMedError as e:
         _fail(e)
+    except tf.errors.ResourceExhaustedError as e:
+        _fail(_out_of_memory(e, cfg))
     if summary.get("train", {}).get("preempted"):
         sys.exit(143)  # stopped by SIGTERM after saving; rerun to resume
     if "result" in summary:

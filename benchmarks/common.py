@@ -119,7 +119,8 @@ def environment() -> dict:
         "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
         "env": {k: os.environ[k] for k in ("TF_ENABLE_ONEDNN_OPTS", "OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
                                            "TF_NUM_INTEROP_THREADS", "KMP_BLOCKTIME", "MALLOC_ARENA_MAX",
-                                           "LD_PRELOAD") if k in os.environ},
+                                           "LD_PRELOAD", "TF_MKL_ALLOC_MAX_BYTES", "TF_CPU_ALLOCATOR_USE_BFC",
+                                           "TF_CPU_BFC_MEM_LIMIT_IN_MB") if k in os.environ},
         "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
     }
 

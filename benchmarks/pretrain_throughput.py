@@ -22,6 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
+from simclr_med import tf_env  # noqa: E402
 
 REFERENCE_VIEWS_PER_S = 58.4
 TARGET_VIEWS_PER_S = 82.0
@@ -46,6 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--winograd", type=int, choices=[0, 1], default=1, help="Winograd 3x3 convolutions (Config.winograd)")
     p.add_argument("--intra_op_threads", type=int, default=0, help="0: TF default")
     p.add_argument("--inter_op_threads", type=int, default=0, help="0: TF default")
+    p.add_argument("--host_memory_limit_gib", type=float, default=0.0,
+                   help="cap TensorFlow's CPU tensor pool (run.py's flag of that name); 0: none")
     common.add_onednn_flag(p)
     p.add_argument("--peak_gflops", type=float, default=0.0,
                    help="matmul peak to compare with; 0 measures it after the run (same load)")
@@ -170,6 +173,7 @@ def run(args) -> dict:
         "batch_size": args.batch_size, "precision": args.precision, "optimizer": args.optimizer,
         "strategy": args.strategy, "replicas": strategy.num_replicas_in_sync,
         "steps_per_execution": args.steps_per_execution, "xla": args.xla, "winograd": bool(args.winograd),
+        "host_memory_limit_gib": args.host_memory_limit_gib,
         "views_per_s": views / step_s, "step_s": step_s,
         "step_s_min": min(times) / args.steps_per_execution,
         "step_s_max": max(times) / args.steps_per_execution,
@@ -203,6 +207,7 @@ def main(argv=None):
             subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--method", method], check=True)
         return
     common.apply_onednn_flag(args.onednn)
+    tf_env.limit_host_memory(args.host_memory_limit_gib)
     run(args)
 
 

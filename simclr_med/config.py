@@ -70,6 +70,7 @@ class Config:
     precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16
     use_xla: bool = False
     winograd: bool = True  # CPU, float32: 3x3 convolutions as Winograd (faster; more host memory)
+    host_memory_limit_gib: float = 0.0  # cap on TensorFlow's CPU tensor pool; 0: none (tf_env.limit_host_memory)
     seed: int = 0
     skip_nonfinite_steps: int = 0
     verbose: int = 1
@@ -101,6 +102,7 @@ class Config:
         need(self.precision in ("float32", "mixed_bfloat16", "mixed_float16"), f"--precision={self.precision!r} is not one of float32, mixed_bfloat16, mixed_float16")
         need(self.strategy in ("default", "mirrored", "tpu"), f"--strategy={self.strategy!r} is not one of default, mirrored, tpu")
         need(self.uncertainty_policy in ("mixed", "u_ones", "u_zeros", "u_ignore"), f"--uncertainty_policy={self.uncertainty_policy!r} is not one of mixed, u_ones, u_zeros, u_ignore")
+        need(self.host_memory_limit_gib >= 0, f"--host_memory_limit_gib={self.host_memory_limit_gib} must be >= 0 (0: no limit)")
         need(self.checkpoint_steps >= 1, "--checkpoint_steps must be >= 1")
         need(self.train_steps > 0 or self.train_epochs > 0, "set --train_steps or --train_epochs")
         need(bool(self.model_dir), "--model_dir is required (every mode reads or writes the run there)")

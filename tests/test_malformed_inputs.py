@@ -84,6 +84,8 @@ The bad inputs covered, where, and what each must say (``*``: tested in another 
 62* label_fraction leaving a class empty (load)      test_datasets.test_label_fraction_keeps_...
 63* NaN loss (training.train), skipping N steps      test_training.test_nan_loss_stops_..., ...skip_...
 64* resuming a run of another architecture          test_training.test_checkpoint_of_other_...
+65  --host_memory_limit_gib too small / negative     "OOM when allocating ...: --host_memory_limit_gib=0.05
+                                                     is too small: raise it ..." / "must be >= 0"
 ==  ===============================================  ================================================
 """
 import csv
@@ -542,7 +544,7 @@ def test_nan_loss_names_the_step_and_saves_nothing(generic, tmp_path):
     assert not tf.io.gfile.glob(str(tmp_path / "run*" / "ckpt-*"))
 
 
-# --- 36, 38, 42, 48 through run.py: one line on stderr, no traceback ---------------------------------
+# --- 36, 38, 42, 48, 65 through run.py: one line on stderr, no traceback -----------------------------
 
 def _cli(args, cwd):
     return subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, stdout=subprocess.PIPE,
@@ -558,12 +560,15 @@ def test_run_py_prints_one_line_errors_without_traceback(generic, tmp_path):
             "simclr-med: error: --augmentation: unknown augmentation 'fancy'",
         ("--dataset=derm_cases/generic", f"--manual_dir={manual}", "--train_mode=finetune",
          f"--checkpoint={tmp_path / 'nope'}"): f"simclr-med: error: --checkpoint={tmp_path / 'nope'}: not a run",
+        ("--dataset=derm_cases/generic", f"--manual_dir={manual}", "--host_memory_limit_gib=0.05"):
+            "simclr-med: error: ",  # TensorFlow's out-of-memory line, then the advice checked below
     }
     fast = {  # refused before TensorFlow loads
         ("--method=micle", "--train_mode=finetune"):
             (2, "simclr-med: error: --method=micle only applies to --train_mode=pretrain"),
         ("--train_steps=abc",): (1, "Flags parsing error: flag --train_steps=abc"),
         ("--no_such_flag=1",): (1, "Unknown command line flag 'no_such_flag'"),
+        ("--host_memory_limit_gib=-1",): (2, "simclr-med: error: --host_memory_limit_gib=-1.0 must be >= 0"),
     }
     procs = {args: _cli([*common, f"--model_dir={tmp_path / f'run{i}'}", *args], tmp_path)
              for i, args in enumerate(cases)}
@@ -578,4 +583,7 @@ def test_run_py_prints_one_line_errors_without_traceback(generic, tmp_path):
         assert "Traceback" not in err, err[-3000:]
         [line] = [ln for ln in err.splitlines() if ln.startswith("simclr-med: error:")]
         assert line.startswith(cases[args]), line
+        if "--host_memory_limit_gib=0.05" in args:
+            assert line.endswith("--host_memory_limit_gib=0.05 is too small: raise it (0: no limit), "
+                                 "or lower --train_batch_size / --eval_batch_size / --image_size"), line
     assert not tf.io.gfile.glob(str(tmp_path / "run*" / "ckpt-*"))
