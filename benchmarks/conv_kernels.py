@@ -62,10 +62,12 @@ def formulations():
 def time_shape(shape, batch: int, repeats: int) -> dict:
     import tensorflow as tf
 
+    from simclr_med import conv
+
     h, w, c_in, c_out, k, s = shape
     x = tf.random.normal([batch, h, w, c_in])
     kernel = tf.random.normal([k, k, c_in, c_out]) * 0.05
-    out_h, out_w = -(-h // s), -(-w // s)
+    out_h, out_w = conv.output_size(h, s), conv.output_size(w, s)
     upstream = tf.random.normal([batch, out_h, out_w, c_out])
     row = {"shape": f"{h}x{w} {c_in}->{c_out} k{k} s{s}",
            "train_gflop": 3 * 2 * batch * out_h * out_w * c_out * k * k * c_in / 1e9}

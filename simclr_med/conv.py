@@ -53,10 +53,14 @@ def accelerator_visible() -> bool:
     return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
 
 
+def output_size(size: int, stride: int) -> int:
+    """A SAME convolution's output length along one axis: ceil(size / stride)."""
+    return -(-size // stride)
+
+
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     """TensorFlow's SAME padding (before, after) along one axis."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
+    total = max((output_size(size, stride) - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2
 
 
@@ -65,7 +69,7 @@ def _patch_selection(h: int, w: int, k: int, stride: int) -> np.ndarray:
     """0/1 matrix [out_h·out_w·k·k, h·w]: row (output pixel, tap) picks that tap's input pixel;
     taps on SAME padding are all-zero rows."""
     (top, _), (left, _) = same_padding(h, k, stride), same_padding(w, k, stride)
-    out_h, out_w = -(-h // stride), -(-w // stride)
+    out_h, out_w = output_size(h, stride), output_size(w, stride)
     rows, cols = np.meshgrid(np.arange(out_h) * stride - top, np.arange(out_w) * stride - left, indexing="ij")
     taps_r, taps_c = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
     r = rows[:, :, None, None] + taps_r  # [out_h, out_w, k, k]
@@ -86,7 +90,7 @@ def gemm_conv(x, kernel, stride: int):
     """
     k, _, c_in, c_out = kernel.shape
     h, w = x.shape[1], x.shape[2]
-    out_h, out_w = -(-h // stride), -(-w // stride)
+    out_h, out_w = output_size(h, stride), output_size(w, stride)
     if k == 1 and stride == 1:
         patches = x
     elif h * w <= SELECTION_MAX_PIXELS:

@@ -267,7 +267,7 @@ class _Validator:
         if self._restored is None:
             self._restored = build.classifier(self.cfg, num_classes=len(self.classes["class_names"]),
                                               multi_label=self.classes["multi_label"], num_train_examples=1)
-        tf.train.Checkpoint(model=self._restored).restore(prefix).expect_partial()
+        checkpoints.restore_weights(self._restored, prefix)
         return self.score(self._restored)
 
     def score(self, model) -> tuple[str, float | None]:

@@ -136,12 +136,18 @@ def test_early_stopping_stops_training_and_resumes_with_its_history(tmp_path, mo
     """Validation scores that only fall: with patience 2 the cell must stop at its third
     evaluation (step 6 of 20) and never train further, even when run again without its result."""
     scored_steps = []
+    restore_and_score = transfer._Validator.score_checkpoint
+
+    def from_checkpoint(self, prefix):  # the real restore; the step comes from the checkpoint's name
+        self.checkpoint_step = int(prefix.rsplit("-", 1)[1])
+        return restore_and_score(self, prefix)
 
     def falling_score(self, model):
-        step = int(model.optimizer.iterations.numpy())
+        step = self.__dict__.pop("checkpoint_step", None) or int(model.optimizer.iterations.numpy())
         scored_steps.append(step)
         return "auc", 1.0 / step
 
+    monkeypatch.setattr(transfer._Validator, "score_checkpoint", from_checkpoint)
     monkeypatch.setattr(transfer._Validator, "score", falling_score)
     spec = _spec(tasks={"demo": {"dataset": "demo", "train_steps": 20}}, seeds=1, data_dir=str(tmp_path / "tfds"),
                  early_stopping={"validation_split": "validation", "eval_every": 2, "patience": 2})
