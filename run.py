@@ -37,8 +37,8 @@ HELP = {
     "width_multiplier": "ResNet width multiplier 1..4",
     "num_proj_layers": "layers in the projection head",
     "proj_out_dim": "output size of the projection head",
-    "checkpoint": "initialise the encoder from a run dir, checkpoint prefix or Keras weights file "
-                  "(in --mode=eval: the checkpoint to evaluate)",
+    "checkpoint": "initialise the encoder from a run dir, checkpoint prefix, Keras weights file or a "
+                  "released google-research/simclr TF1 checkpoint (in --mode=eval: the checkpoint to evaluate)",
     "zero_init_residual": "zero-initialise the last BN gamma of each residual block",
     "temperature": "NT-Xent temperature",
     "hidden_norm": "L2-normalise projections (cosine similarity)",

@@ -15,6 +15,7 @@ import shutil
 import keras
 import tensorflow as tf
 
+from simclr_med import simclr_tf1
 from simclr_med.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,13 @@ def resolve_checkpoint(path: str) -> str:
     """A run directory → its latest checkpoint; a checkpoint prefix or weights file → itself."""
     if os.path.isdir(path):
         latest = tf.train.latest_checkpoint(path)
-        if latest is None:
-            raise CheckpointError(f"--checkpoint={path}: directory holds no checkpoint")
+        if latest is None:  # no `checkpoint` state file (a downloaded folder): its only checkpoint
+            prefixes = sorted(p[:-len(".index")] for p in glob.glob(os.path.join(path, "*.index")))
+            if len(prefixes) != 1:
+                raise CheckpointError(f"--checkpoint={path}: directory holds no checkpoint" if not prefixes else
+                                      f"--checkpoint={path}: directory holds {len(prefixes)} checkpoints and no "
+                                      f"`checkpoint` file naming the latest; name one: {', '.join(prefixes)}")
+            latest = prefixes[0]
         return latest
     if path.endswith((".weights.h5", ".keras", ".h5")) or os.path.exists(path + ".index"):
         if not (os.path.exists(path) or os.path.exists(path + ".index")):
@@ -109,7 +115,8 @@ def restore_weights(model: keras.Model, path: str) -> None:
 
 
 def load_encoder(encoder: keras.Model, path: str) -> str:
-    """Initialises `encoder` from a run's checkpoint or a Keras file; returns the resolved path.
+    """Initialises `encoder` from a run's checkpoint, a Keras file or a google-research/simclr TF1
+    checkpoint (`simclr_tf1`); returns the resolved path.
 
     Every encoder variable must be found with the right shape, so a checkpoint of another
     architecture fails here with a clear message instead of training from a half-loaded model.
@@ -123,8 +130,14 @@ def load_encoder(encoder: keras.Model, path: str) -> str:
         elif path.endswith(".h5"):
             encoder.load_weights(path)
         else:
-            tf.train.Checkpoint(model=tf.train.Checkpoint(encoder=encoder)).restore(
-                path).expect_partial().assert_existing_objects_matched()
+            reader = tf.train.load_checkpoint(path)
+            if prefix := simclr_tf1.base_prefix(reader):
+                simclr_tf1.load(encoder, path, reader, prefix)
+            else:
+                tf.train.Checkpoint(model=tf.train.Checkpoint(encoder=encoder)).restore(
+                    path).expect_partial().assert_existing_objects_matched()
+    except CheckpointError:
+        raise
     except (*_UNREADABLE, OSError) as e:  # OSError: h5py on a damaged .h5
         raise CheckpointError(f"--checkpoint={path}: cannot be read ({_first_line(e)})") from None
     except (ValueError, AssertionError) as e:

@@ -39,7 +39,7 @@ class Config:
     width_multiplier: int = 1
     num_proj_layers: int = 3
     proj_out_dim: int = 128
-    checkpoint: str = ""  # initialise weights from another run / a Keras weights file
+    checkpoint: str = ""  # initialise weights from another run / a Keras file / a released SimCLR TF1 checkpoint
     zero_init_residual: bool = True
 
     # Objective.

@@ -1,0 +1,71 @@
+"""Encoder weights from a google-research/simclr TF1 checkpoint (the released SimCLR v1/v2 models).
+
+The paper starts from SimCLR models pretrained on ImageNet; Chen et al. released them as
+name-based TF1 checkpoints (`model.ckpt-<step>.{index,data-*}`). `tf.layers` named every
+convolution `conv2d_<k>` and every BatchNorm `batch_normalization_<k>` in creation order, under
+`base_model/` (`ema_model/base_model/` for the moving-average copy): the stem, then for each block
+its projection shortcut (first block of a stage) and its convolutions in order. That is the order
+of `resnet.build_resnet`'s layer names, so the k-th convolution here is `conv2d_<k>` there. Every
+shape is checked, so another depth or width, or a selective-kernel (`_sk1`) model, fails with a
+message instead of loading into the wrong layers.
+
+SimCLR pads stride-2 convolutions symmetrically; `build_resnet` pads SAME (TensorFlow's choice,
+one pixel less before on even inputs). The imported encoder therefore samples a grid shifted by
+a pixel after the stem and each stride-2 3×3 convolution: its features are close to the original
+network's, not equal. Continued pretraining or fine-tuning absorbs the difference.
+"""
+from __future__ import annotations
+
+import re
+
+import keras
+import tensorflow as tf
+
+from simclr_med.errors import CheckpointError
+
+PREFIXES = ("base_model/", "ema_model/base_model/")  # the trained weights first, then their moving average
+_BN_WEIGHTS = ("gamma", "beta", "moving_mean", "moving_variance")
+_CONV_NAME = re.compile(r"stage(\d+)_block(\d+)_(?:proj_conv|conv(\d+))$")
+_TF1_CONV_KEY = re.compile(r"conv2d(?:_\d+)?/kernel$")
+
+
+def base_prefix(reader) -> str | None:
+    """The variable scope of the encoder in a SimCLR TF1 checkpoint; None for any other checkpoint."""
+    keys = reader.get_variable_to_shape_map()
+    return next((p for p in PREFIXES if p + "conv2d/kernel" in keys), None)
+
+
+def conv_bn_pairs(encoder: keras.Model) -> list[tuple[keras.layers.Layer, keras.layers.Layer]]:
+    """(convolution, its BatchNorm) in SimCLR's creation order: stem, then per block projection, conv1, conv2, …"""
+    def order(layer):
+        if layer.name == "stem_conv":
+            return (0, 0, 0)
+        stage, block, conv = _CONV_NAME.match(layer.name).groups()
+        return (int(stage), int(block), int(conv or 0))  # the projection (no number) comes first
+
+    convs = sorted((l for l in encoder.layers if l.name == "stem_conv" or _CONV_NAME.match(l.name)), key=order)
+    return [(c, encoder.get_layer(c.name.replace("conv", "bn"))) for c in convs]
+
+
+def load(encoder: keras.Model, path: str, reader, prefix: str) -> None:
+    """Assigns the checkpoint's convolutions and BatchNorms (in `prefix`) to `encoder`'s."""
+    keys = reader.get_variable_to_shape_map()
+    pairs = conv_bn_pairs(encoder)
+    found = sum(1 for k in keys if k.startswith(prefix) and _TF1_CONV_KEY.fullmatch(k[len(prefix):]))
+    if found != len(pairs):
+        raise CheckpointError(
+            f"--checkpoint={path}: SimCLR checkpoint with {found} convolutions under {prefix!r}; this encoder "
+            f"has {len(pairs)} (--resnet_depth/--width_multiplier must match; selective-kernel models, "
+            f"`_sk1`, are not supported)")
+    for k, (conv, bn) in enumerate(pairs):
+        suffix = f"_{k}" if k else ""
+        sources = [(conv.kernel, f"{prefix}conv2d{suffix}/kernel")]
+        sources += [(getattr(bn, w), f"{prefix}batch_normalization{suffix}/{w}") for w in _BN_WEIGHTS]
+        for variable, key in sources:
+            if key not in keys:
+                raise CheckpointError(f"--checkpoint={path}: has no {key} (for {conv.name})")
+            if tuple(keys[key]) != tuple(variable.shape):
+                raise CheckpointError(
+                    f"--checkpoint={path}: {key} has shape {keys[key]}, but {variable.path} of this encoder is "
+                    f"{tuple(variable.shape)} (--resnet_depth/--width_multiplier must match the checkpoint)")
+            variable.assign(tf.convert_to_tensor(reader.get_tensor(key), variable.dtype))

@@ -1,0 +1,108 @@
+"""Initialising an encoder from a google-research/simclr TF1 checkpoint, written here in the released layout."""
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_med import checkpoints, resnet
+from simclr_med.errors import CheckpointError
+
+BLOCKS_R50 = (3, 4, 6, 3)
+
+
+def released_order(blocks=BLOCKS_R50, width=1):
+    """[(our conv layer, its TF1 index, kernel shape)] as SimCLR's TF1 code creates them: a running
+    index over the stem, then per block the projection (first block of each group) and conv 1-3."""
+    rows = [("stem_conv", 0, (7, 7, 3, 64 * width))]
+    index, c_in = 1, 64 * width
+    for stage, n in enumerate(blocks, start=1):
+        f = 64 * width * 2 ** (stage - 1)
+        for block in range(1, n + 1):
+            name = f"stage{stage}_block{block}"
+            if block == 1:
+                rows.append((f"{name}_proj_conv", index, (1, 1, c_in, 4 * f)))
+                index += 1
+            for conv, shape in ((1, (1, 1, c_in, f)), (2, (3, 3, f, f)), (3, (1, 1, f, 4 * f))):
+                rows.append((f"{name}_conv{conv}", index, shape))
+                index += 1
+            c_in = 4 * f
+    return rows
+
+
+def write_released_checkpoint(prefix, scope="base_model/", seed=0):
+    """A TF1 name-based checkpoint as Chen et al. released them: conv2d[_k]/kernel,
+    batch_normalization[_k]/{gamma,beta,moving_mean,moving_variance}, plus the heads, an optimizer
+    slot and global_step, which the import must ignore. Returns {key: value}."""
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for _, k, shape in released_order():
+        suffix = f"_{k}" if k else ""
+        he_normal = rng.normal(scale=(2 / np.prod(shape[:3])) ** 0.5, size=shape)
+        tensors[f"{scope}conv2d{suffix}/kernel"] = he_normal.astype(np.float32)
+        for w in ("gamma", "beta", "moving_mean", "moving_variance"):
+            tensors[f"{scope}batch_normalization{suffix}/{w}"] = rng.uniform(0.5, 1.5, shape[-1]).astype(np.float32)
+    tensors[f"{scope}conv2d/kernel/Momentum"] = np.zeros((7, 7, 3, 64), np.float32)
+    tensors["head_contrastive/nl_0/dense/kernel"] = rng.normal(size=(2048, 2048)).astype(np.float32)
+    tensors["head_supervised/linear_layer/dense/kernel"] = rng.normal(size=(2048, 1000)).astype(np.float32)
+    tensors["global_step"] = np.array(250228, np.int64)
+    names = sorted(tensors)
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
+                      tensors=[tensors[n] for n in names])
+    return tensors
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory):
+    prefix = str(tmp_path_factory.mktemp("simclr_tf1") / "model.ckpt-250228")
+    return prefix, write_released_checkpoint(prefix)
+
+
+def test_every_encoder_weight_comes_from_its_released_variable(released):
+    prefix, tensors = released
+    encoder = resnet.build_resnet(50, input_shape=(32, 32, 3))
+    assert checkpoints.load_encoder(encoder, prefix) == prefix
+    rows = released_order()
+    assert len(rows) == 53 and rows[11][:2] == ("stage2_block1_proj_conv", 11)
+    assert rows[-1][:2] == ("stage4_block3_conv3", 52)
+    for conv_name, k, _ in rows:
+        suffix = f"_{k}" if k else ""
+        np.testing.assert_array_equal(encoder.get_layer(conv_name).kernel.numpy(),
+                                      tensors[f"base_model/conv2d{suffix}/kernel"])
+        bn = encoder.get_layer(conv_name.replace("conv", "bn"))
+        for w in ("gamma", "beta", "moving_mean", "moving_variance"):
+            np.testing.assert_array_equal(getattr(bn, w).numpy(),
+                                          tensors[f"base_model/batch_normalization{suffix}/{w}"])
+    assert len(encoder.weights) == 53 * 5  # nothing left at its initial value
+    assert np.isfinite(encoder(np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32))).all()
+
+
+def test_moving_average_copy_is_used_when_it_is_the_only_one(tmp_path):
+    prefix = str(tmp_path / "model.ckpt-1")
+    tensors = write_released_checkpoint(prefix, scope="ema_model/base_model/", seed=1)
+    encoder = resnet.build_resnet(50, input_shape=(32, 32, 3))
+    checkpoints.load_encoder(encoder, str(tmp_path))  # a run directory holding the checkpoint works too
+    np.testing.assert_array_equal(encoder.get_layer("stage3_block6_bn2").moving_variance.numpy(),
+                                  tensors["ema_model/base_model/batch_normalization_41/moving_variance"])
+
+
+@pytest.mark.parametrize("depth, width, message", [
+    (50, 2, "base_model/conv2d/kernel has shape [7, 7, 3, 64], but stem_conv/kernel of this encoder is "
+            "(7, 7, 3, 128)"),
+    (101, 1, "SimCLR checkpoint with 53 convolutions under 'base_model/'; this encoder has 104"),
+    (18, 1, "this encoder has 20 (--resnet_depth/--width_multiplier must match"),
+])
+def test_other_architecture_is_a_clear_error(released, depth, width, message):
+    encoder = resnet.build_resnet(depth, width, input_shape=(32, 32, 3))
+    with pytest.raises(CheckpointError, match=re.escape(message)) as e:
+        checkpoints.load_encoder(encoder, released[0])
+    assert str(e.value).startswith(f"--checkpoint={released[0]}: ")
+
+
+def test_directory_without_state_file_needs_a_single_checkpoint(tmp_path):
+    for step in (1, 2):
+        tf.raw_ops.SaveV2(prefix=str(tmp_path / f"model.ckpt-{step}"), tensor_names=["global_step"],
+                          shape_and_slices=[""], tensors=[np.array(step, np.int64)])
+    with pytest.raises(CheckpointError, match="holds 2 checkpoints and no `checkpoint` file naming the latest; "
+                                              "name one: .*model.ckpt-1, .*model.ckpt-2$"):
+        checkpoints.resolve_checkpoint(str(tmp_path))
