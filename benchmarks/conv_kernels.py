@@ -1,8 +1,8 @@
 """Forward + backward time of every distinct convolution of a ResNet, per formulation.
 
 Compares TensorFlow's convolution kernel, im2col + matmul, the flipped-kernel input gradient and
-Winograd (stride-1 3×3 only) with what `simclr_med.conv.convolution` picks, on the layer shapes of
-`build_resnet`. This is the measurement behind conv.py's choices; rerun it when TensorFlow, the CPU
+Winograd (stride-1 3×3 only), all SAME-padded, with what `simclr_med.conv.convolution` picks with
+the ResNet's padding (SimCLR's fixed padding at stride 2), on the layer shapes of `build_resnet`. This is the measurement behind conv.py's choices; rerun it when TensorFlow, the CPU
 or the kernels change.
 
     python benchmarks/conv_kernels.py --depth 50 --image_size 64 --batch 128
@@ -55,7 +55,7 @@ def formulations():
         "gemm": conv.gemm_conv,
         "flipped_grad": flipped,
         "winograd": winograd_where_it_applies,
-        "chosen": conv.convolution,
+        "chosen": lambda x, k, s: conv.convolution(x, k, s, fixed=True),  # as the ResNet pads
     }
 
 

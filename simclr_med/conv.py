@@ -19,7 +19,8 @@ Measured on a 2-core AVX2 CPU, fwd+bwd of every ResNet-50 convolution at 64 and 
   measurements, and accelerators have their own Winograd/implicit-GEMM kernels.
 
 Every formulation computes the same convolution; weights, names and checkpoints are those of
-`keras.layers.Conv2D`.
+`keras.layers.Conv2D`. Padding is SAME, or SimCLR's `fixed_padding` for the ResNet's strided
+convolutions.
 """
 from __future__ import annotations
 
@@ -64,11 +65,19 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def fixed_padding(kernel: int) -> tuple[int, int]:
+    """SimCLR's padding of strided convolutions (before, after), whatever the size: (k − 1) // 2 before.
+
+    Same output size as SAME; on even sizes SAME puts one pixel less before, which shifts the
+    sampling grid by a pixel, so weights trained with one padding see shifted inputs with the other.
+    """
+    return (kernel - 1) // 2, kernel - 1 - (kernel - 1) // 2
+
+
 @functools.cache
-def _patch_selection(h: int, w: int, k: int, stride: int) -> np.ndarray:
+def _patch_selection(h: int, w: int, k: int, stride: int, top: int, left: int) -> np.ndarray:
     """0/1 matrix [out_h·out_w·k·k, h·w]: row (output pixel, tap) picks that tap's input pixel;
-    taps on SAME padding are all-zero rows."""
-    (top, _), (left, _) = same_padding(h, k, stride), same_padding(w, k, stride)
+    taps on the padding (`top` rows, `left` columns before) are all-zero rows."""
     out_h, out_w = output_size(h, stride), output_size(w, stride)
     rows, cols = np.meshgrid(np.arange(out_h) * stride - top, np.arange(out_w) * stride - left, indexing="ij")
     taps_r, taps_c = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
@@ -80,8 +89,9 @@ def _patch_selection(h: int, w: int, k: int, stride: int) -> np.ndarray:
     return selection
 
 
-def gemm_conv(x, kernel, stride: int):
-    """SAME convolution as im2col + one matmul (square kernel and stride, static H and W).
+def gemm_conv(x, kernel, stride: int, pads=None):
+    """Convolution as im2col + one matmul (square kernel and stride, static H and W); `pads`:
+    ((top, bottom), (left, right)) of an output the size of SAME's, default SAME's.
 
     On maps of at most SELECTION_MAX_PIXELS the patches are gathered by a matmul with a constant
     0/1 matrix: one small batched matmul each way instead of k² strided slices and their
@@ -91,14 +101,16 @@ def gemm_conv(x, kernel, stride: int):
     k, _, c_in, c_out = kernel.shape
     h, w = x.shape[1], x.shape[2]
     out_h, out_w = output_size(h, stride), output_size(w, stride)
+    pad_h, pad_w = pads or (same_padding(h, k, stride), same_padding(w, k, stride))
     if k == 1 and stride == 1:
         patches = x
     elif h * w <= SELECTION_MAX_PIXELS:
-        patches = tf.matmul(tf.constant(_patch_selection(h, w, k, stride), x.dtype), tf.reshape(x, [-1, h * w, c_in]))
+        selection = _patch_selection(h, w, k, stride, pad_h[0], pad_w[0])
+        patches = tf.matmul(tf.constant(selection, x.dtype), tf.reshape(x, [-1, h * w, c_in]))
     elif k == 1:
         patches = x[:, ::stride, ::stride, :]
     else:
-        x = tf.pad(x, [[0, 0], same_padding(h, k, stride), same_padding(w, k, stride), [0, 0]])
+        x = tf.pad(x, [[0, 0], pad_h, pad_w, [0, 0]])
         patches = tf.concat([x[:, i:i + (out_h - 1) * stride + 1:stride, j:j + (out_w - 1) * stride + 1:stride, :]
                              for i in range(k) for j in range(k)], axis=-1)
     out = tf.matmul(tf.reshape(patches, [-1, k * k * c_in]), tf.reshape(kernel, [k * k * c_in, c_out]))
@@ -119,12 +131,25 @@ def conv_forward_input_grad(x, kernel):
     return y, grad
 
 
-def convolution(x, kernel, stride: int, allow_winograd: bool = True):
-    """SAME convolution with square kernel and stride, in the formulation fastest for x's shape."""
+def _kernel_conv(x, kernel, stride: int, pads):
+    """TensorFlow's convolution kernel, SAME (pads None) or on an explicitly padded input."""
+    if pads is None:
+        return tf.nn.conv2d(x, kernel, stride, "SAME")
+    # pad + VALID: TensorFlow's explicit-padding convolution is ~1.5x slower on oneDNN (fwd + bwd).
+    return tf.nn.conv2d(tf.pad(x, [[0, 0], *pads, [0, 0]]), kernel, stride, "VALID")
+
+
+def convolution(x, kernel, stride: int, allow_winograd: bool = True, fixed: bool = False):
+    """Convolution with square kernel and stride, in the formulation fastest for x's shape, padded
+    SAME, or by `fixed_padding` at stride > 1 when `fixed` (the two agree at stride 1 and odd kernels)."""
     k = kernel.shape[0]
     h, w = x.shape[1], x.shape[2]
+    pads = None  # SAME's
+    if fixed and stride > 1 and (h is None or w is None or same_padding(h, k, stride)[0] != fixed_padding(k)[0]
+                                 or same_padding(w, k, stride)[0] != fixed_padding(k)[0]):
+        pads = (fixed_padding(k), fixed_padding(k))
     if h is None or w is None or accelerator_visible():
-        return tf.nn.conv2d(x, kernel, stride, "SAME")
+        return _kernel_conv(x, kernel, stride, pads)
     if (allow_winograd and k == 3 and stride == 1 and x.dtype == tf.float32
             and min(x.shape[-1], kernel.shape[-1]) >= WINOGRAD_MIN_CHANNELS):
         return winograd.conv3x3(x, kernel, winograd.tile_for(h, w))
@@ -132,9 +157,9 @@ def convolution(x, kernel, stride: int, allow_winograd: bool = True):
     # Strided 1x1 with channels not a multiple of 8: oneDNN's filter gradient is wrong (module doc);
     # whatever onednn_enabled() says, as it reads a private TensorFlow API.
     if pixels <= GEMM_MAX_PIXELS.get(stride, 0) or (k == 1 and stride > 1 and x.shape[-1] % 8):
-        return gemm_conv(x, kernel, stride)
-    if onednn_enabled():
-        return tf.nn.conv2d(x, kernel, stride, "SAME")
+        return gemm_conv(x, kernel, stride, pads)
+    if onednn_enabled() or pads is not None:
+        return _kernel_conv(x, kernel, stride, pads)
     if k == 1 and (stride == 1 or pixels <= EIGEN_STRIDED_1X1_GEMM_MAX_PIXELS):
         return gemm_conv(x, kernel, stride)
     if stride == 1 and k % 2 == 1:
@@ -144,19 +169,28 @@ def convolution(x, kernel, stride: int, allow_winograd: bool = True):
 
 @keras.saving.register_keras_serializable(package="simclr_med")
 class Conv2D(keras.layers.Conv2D):
-    """`keras.layers.Conv2D` computed by `convolution` when it applies (SAME, square, NHWC, no groups)."""
+    """`keras.layers.Conv2D` computed by `convolution` when it applies (SAME, square, NHWC, no groups).
 
-    def __init__(self, *args, winograd: bool = True, **kwargs):
+    `fixed_padding`: pad strided convolutions as SimCLR does (`fixed_padding`) instead of SAME.
+    """
+
+    def __init__(self, *args, winograd: bool = True, fixed_padding: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        if fixed_padding and not self._fast_path_applies():
+            raise ValueError("fixed_padding needs padding='same', channels_last, square kernel and strides, "
+                             "no dilation or groups")
         self.winograd = winograd
+        self.fixed_padding = fixed_padding
 
     def get_config(self):
-        return {**super().get_config(), "winograd": self.winograd}
+        return {**super().get_config(), "winograd": self.winograd, "fixed_padding": self.fixed_padding}
+
+    def _fast_path_applies(self) -> bool:
+        return (self.padding == "same" and self.data_format == "channels_last" and self.groups == 1
+                and self.dilation_rate == (1, 1) and self.strides[0] == self.strides[1]
+                and self.kernel_size[0] == self.kernel_size[1])
 
     def convolution_op(self, inputs, kernel):
-        applies = (self.padding == "same" and self.data_format == "channels_last" and self.groups == 1
-                   and self.dilation_rate == (1, 1) and self.strides[0] == self.strides[1]
-                   and self.kernel_size[0] == self.kernel_size[1])
-        if not applies:
+        if not self._fast_path_applies():
             return super().convolution_op(inputs, kernel)
-        return convolution(inputs, tf.convert_to_tensor(kernel), self.strides[0], self.winograd)
+        return convolution(inputs, tf.convert_to_tensor(kernel), self.strides[0], self.winograd, self.fixed_padding)

@@ -1,8 +1,10 @@
 """ResNet-v1 encoders (depth 18–200, width ×1–×4) as used by SimCLR.
 
 The encoder is a functional `keras.Model` that maps images in [0, 1] to the globally pooled
-representation. Layer names are stable (`stem_conv`, `stage3_block2_out`, …) so that a U-Net can
-tap intermediate stages and weights can be moved between pretraining, fine-tuning and export.
+representation. Strided convolutions pad as SimCLR's (`conv.fixed_padding`), so the released
+SimCLR models (`simclr_tf1`) compute here what they computed there. Layer names are stable
+(`stem_conv`, `stage3_block2_out`, …) so that a U-Net can tap intermediate stages and weights can
+be moved between pretraining, fine-tuning and export.
 """
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ def _bn(name, sync_bn, zero_gamma=False):
 def _conv(filters, kernel, strides, name, winograd):
     return conv.Conv2D(
         filters, kernel, strides=strides, padding="same", use_bias=False,
-        kernel_initializer="he_normal", name=name, winograd=winograd,
+        kernel_initializer="he_normal", name=name, winograd=winograd, fixed_padding=True,
     )
 
 

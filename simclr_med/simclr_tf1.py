@@ -9,10 +9,9 @@ of `resnet.build_resnet`'s layer names, so the k-th convolution here is `conv2d_
 shape is checked, so another depth or width, or a selective-kernel (`_sk1`) model, fails with a
 message instead of loading into the wrong layers.
 
-SimCLR pads stride-2 convolutions symmetrically; `build_resnet` pads SAME (TensorFlow's choice,
-one pixel less before on even inputs). The imported encoder therefore samples a grid shifted by
-a pixel after the stem and each stride-2 3×3 convolution: its features are close to the original
-network's, not equal. Continued pretraining or fine-tuning absorbs the difference.
+`build_resnet` pads strided convolutions as SimCLR does (`conv.fixed_padding`), so the imported
+encoder computes the original network's features (tests/test_simclr_tf1.py checks this against
+SimCLR's network written from its code).
 """
 from __future__ import annotations
 

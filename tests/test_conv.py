@@ -50,26 +50,51 @@ def test_matches_keras_conv2d(h, w, channels, kernel, stride, onednn, monkeypatc
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("fixed", [False, True], ids=["same", "fixed"])
 @pytest.mark.parametrize("h,w,kernel,stride", [
     (4, 4, 3, 2), (8, 8, 3, 2), (7, 5, 5, 2), (2, 2, 3, 1), (1, 1, 3, 1), (8, 8, 1, 2),  # patches by a 0/1 matmul
-    (9, 9, 3, 2), (12, 10, 3, 1), (10, 9, 1, 2),  # by slices: more than SELECTION_MAX_PIXELS
+    (9, 9, 3, 2), (10, 12, 3, 2), (12, 10, 3, 1), (10, 9, 1, 2),  # by slices: more than SELECTION_MAX_PIXELS
     (6, 7, 1, 1),  # none needed
 ])
-def test_gemm_conv_matches_tensorflow_on_both_patch_gatherings(h, w, kernel, stride):
-    """Every im2col branch, in float64 against TensorFlow's own convolution, values and gradients."""
+def test_gemm_conv_matches_tensorflow_on_both_patch_gatherings(h, w, kernel, stride, fixed):
+    """Every im2col branch, in float64 against TensorFlow's own convolution, values and gradients,
+    with SAME padding or SimCLR's fixed padding."""
     rng = np.random.default_rng(h * w * kernel + stride)
     x = tf.constant(rng.normal(size=(2, h, w, 3)))
     k = tf.Variable(rng.normal(size=(kernel, kernel, 3, 4)))
-    expected = _grads(lambda x: tf.nn.conv2d(x, k, stride, "SAME"), x, k)
-    got = _grads(lambda x: conv.gemm_conv(x, k, stride), x, k)
+    if fixed:
+        pads = (conv.fixed_padding(kernel),) * 2
+        expected = _grads(lambda x: tf.nn.conv2d(tf.pad(x, [[0, 0], *pads, [0, 0]]), k, stride, "VALID"), x, k)
+    else:
+        pads = None
+        expected = _grads(lambda x: tf.nn.conv2d(x, k, stride, "SAME"), x, k)
+    got = _grads(lambda x: conv.gemm_conv(x, k, stride, pads), x, k)
     for a, b in zip(expected, got):
         np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-10)
 
 
-def test_unknown_spatial_shape_falls_back_and_xla_compiles():
-    layer = conv.Conv2D(4, 3, padding="same")
+@pytest.mark.parametrize("onednn", [False, True], ids=["eigen-policy", "onednn-policy"])
+@pytest.mark.parametrize("h,w,channels,kernel,stride", [case for case in CASES if case[4] > 1])
+def test_fixed_padding_pads_like_simclr(h, w, channels, kernel, stride, onednn, monkeypatch):
+    """fixed_padding=True is SimCLR's conv2d_fixed_padding: (k-1)//2 zeros before, then VALID."""
+    monkeypatch.setattr(conv, "onednn_enabled", lambda: onednn)
+    x = np.random.default_rng(h * w + kernel).normal(size=(3, h, w, channels))
+    pad = keras.layers.ZeroPadding2D((((kernel - 1) // 2, kernel // 2),) * 2, dtype="float64")
+    ref = keras.layers.Conv2D(6, kernel, strides=stride, use_bias=False, dtype="float64")  # padding="valid"
+    fast = conv.Conv2D(6, kernel, strides=stride, padding="same", use_bias=False, fixed_padding=True)
+    ref.build(pad.compute_output_shape(x.shape)), fast.build(x.shape)
+    fast.kernel.assign(ref.kernel.numpy().astype(np.float32))
+    expected = _grads(lambda x: ref(pad(x)), tf.constant(x), ref.kernel)
+    got = _grads(fast, tf.constant(x, tf.float32), fast.kernel)
+    for a, b in zip(expected, got):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride, fixed", [(1, False), (2, True)])
+def test_unknown_spatial_shape_falls_back_and_xla_compiles(stride, fixed):
+    layer = conv.Conv2D(4, 3, strides=stride, padding="same", fixed_padding=fixed)
     layer.build((None, None, None, 2))
-    x = tf.random.normal([2, 5, 5, 2])
+    x = tf.random.normal([2, 6, 6, 2])
     dynamic = tf.function(layer, input_signature=[tf.TensorSpec([None, None, None, 2])])
     np.testing.assert_allclose(dynamic(x).numpy(), layer(x).numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(tf.function(layer, jit_compile=True)(x).numpy(), layer(x).numpy(), rtol=1e-4, atol=1e-4)

@@ -77,6 +77,47 @@ def test_every_encoder_weight_comes_from_its_released_variable(released):
     assert np.isfinite(encoder(np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32))).all()
 
 
+def simclr_reference(images, tensors, scope="base_model/"):
+    """SimCLR's TF1 ResNet-50 at inference, written from its code: conv2d_fixed_padding (explicit
+    (k-1)//2 padding and VALID when strided), batch norm, ReLU, SAME max pool, bottleneck blocks with
+    the stride on the 3x3 convolution; variables numbered in creation order."""
+    index = iter(range(10 ** 6))
+
+    def conv_bn(x, stride, relu=True):
+        k = next(index)
+        suffix = f"_{k}" if k else ""
+        kernel = tensors[f"{scope}conv2d{suffix}/kernel"]
+        if stride > 1:
+            before = (kernel.shape[0] - 1) // 2
+            pad = [before, kernel.shape[0] - 1 - before]
+            x = tf.pad(x, [[0, 0], pad, pad, [0, 0]])
+        x = tf.nn.conv2d(x, kernel, stride, "VALID" if stride > 1 else "SAME")
+        bn = {w: tensors[f"{scope}batch_normalization{suffix}/{w}"] for w in ("gamma", "beta", "moving_mean",
+                                                                              "moving_variance")}
+        x = tf.nn.batch_normalization(x, bn["moving_mean"], bn["moving_variance"], bn["beta"], bn["gamma"], 1e-5)
+        return tf.nn.relu(x) if relu else x
+
+    x = tf.nn.max_pool2d(conv_bn(images, 2), 3, 2, "SAME")
+    for stage, n in enumerate(BLOCKS_R50):
+        for block in range(n):
+            stride = 2 if block == 0 and stage > 0 else 1
+            shortcut = conv_bn(x, stride, relu=False) if block == 0 else x
+            y = conv_bn(conv_bn(conv_bn(x, 1), stride), 1, relu=False)
+            x = tf.nn.relu(y + shortcut)
+    return tf.reduce_mean(x, [1, 2])
+
+
+def test_imported_encoder_computes_what_simclr_computed(released):
+    """Even image sizes, where SAME padding would put the strided convolutions' grid a pixel off."""
+    prefix, tensors = released
+    encoder = resnet.build_resnet(50, input_shape=(64, 64, 3))
+    checkpoints.load_encoder(encoder, prefix)
+    images = np.random.default_rng(2).uniform(size=(2, 64, 64, 3)).astype(np.float32)
+    expected = simclr_reference(images, tensors).numpy()
+    np.testing.assert_allclose(encoder(images, training=False).numpy(), expected, rtol=1e-4,
+                               atol=1e-4 * np.abs(expected).max())
+
+
 def test_moving_average_copy_is_used_when_it_is_the_only_one(tmp_path):
     prefix = str(tmp_path / "model.ckpt-1")
     tensors = write_released_checkpoint(prefix, scope="ema_model/base_model/", seed=1)
