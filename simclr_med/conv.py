@@ -139,15 +139,18 @@ def _kernel_conv(x, kernel, stride: int, pads):
     return tf.nn.conv2d(tf.pad(x, [[0, 0], *pads, [0, 0]]), kernel, stride, "VALID")
 
 
+def _pads_differ(h, w, k: int, stride: int) -> bool:
+    """Whether SimCLR's padding puts another number of pixels before than SAME (assumed if a size is unknown)."""
+    return any(size is None or same_padding(size, k, stride)[0] != fixed_padding(k)[0] for size in (h, w))
+
+
 def convolution(x, kernel, stride: int, allow_winograd: bool = True, fixed: bool = False):
     """Convolution with square kernel and stride, in the formulation fastest for x's shape, padded
-    SAME, or by `fixed_padding` at stride > 1 when `fixed` (the two agree at stride 1 and odd kernels)."""
+    SAME, or by `fixed_padding` at stride > 1 when `fixed`."""
     k = kernel.shape[0]
     h, w = x.shape[1], x.shape[2]
-    pads = None  # SAME's
-    if fixed and stride > 1 and (h is None or w is None or same_padding(h, k, stride)[0] != fixed_padding(k)[0]
-                                 or same_padding(w, k, stride)[0] != fixed_padding(k)[0]):
-        pads = (fixed_padding(k), fixed_padding(k))
+    # None: SAME's, also where SimCLR's is the same (at stride 1, and on odd sizes).
+    pads = (fixed_padding(k),) * 2 if fixed and stride > 1 and _pads_differ(h, w, k, stride) else None
     if h is None or w is None or accelerator_visible():
         return _kernel_conv(x, kernel, stride, pads)
     if (allow_winograd and k == 3 and stride == 1 and x.dtype == tf.float32

@@ -7,7 +7,8 @@ convolution `conv2d_<k>` and every BatchNorm `batch_normalization_<k>` in creati
 its projection shortcut (first block of a stage) and its convolutions in order. That is the order
 of `resnet.build_resnet`'s layer names, so the k-th convolution here is `conv2d_<k>` there. Every
 shape is checked, so another depth or width, or a selective-kernel (`_sk1`) model, fails with a
-message instead of loading into the wrong layers.
+message instead of loading into the wrong layers. (SimCLR's ResNet-18/34, never released, have a
+projection in their first block where `build_resnet` has none: the count check refuses them too.)
 
 `build_resnet` pads strided convolutions as SimCLR does (`conv.fixed_padding`), so the imported
 encoder computes the original network's features (tests/test_simclr_tf1.py checks this against
