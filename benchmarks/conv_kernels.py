@@ -2,8 +2,9 @@
 
 Compares TensorFlow's convolution kernel, im2col + matmul, the flipped-kernel input gradient and
 Winograd (stride-1 3×3 only), all SAME-padded, with what `simclr_med.conv.convolution` picks with
-the ResNet's padding (SimCLR's fixed padding at stride 2), on the layer shapes of `build_resnet`. This is the measurement behind conv.py's choices; rerun it when TensorFlow, the CPU
-or the kernels change.
+the ResNet's padding (SimCLR's fixed padding at stride 2), on the layer shapes of `build_resnet`.
+This is the measurement behind conv.py's choices; rerun it when TensorFlow, the CPU or the kernels
+change.
 
     python benchmarks/conv_kernels.py --depth 50 --image_size 64 --batch 128
     python benchmarks/conv_kernels.py --onednn 0      # Eigen kernels

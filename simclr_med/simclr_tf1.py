@@ -26,7 +26,7 @@ from simclr_med.errors import CheckpointError
 PREFIXES = ("base_model/", "ema_model/base_model/")  # the trained weights first, then their moving average
 _BN_WEIGHTS = ("gamma", "beta", "moving_mean", "moving_variance")
 _CONV_NAME = re.compile(r"stage(\d+)_block(\d+)_(?:proj_conv|conv(\d+))$")
-_TF1_CONV_KEY = re.compile(r"conv2d(?:_\d+)?/kernel$")
+_TF1_CONV_KEY = re.compile(r"conv2d(?:_\d+)?/kernel")  # fullmatch
 
 
 def base_prefix(reader) -> str | None:
@@ -48,7 +48,8 @@ def conv_bn_pairs(encoder: keras.Model) -> list[tuple[keras.layers.Layer, keras.
 
 
 def load(encoder: keras.Model, path: str, reader, prefix: str) -> None:
-    """Assigns the checkpoint's convolutions and BatchNorms (in `prefix`) to `encoder`'s."""
+    """Assigns the checkpoint's convolutions and BatchNorms (in `prefix`) to `encoder`'s, once all are
+    found with the right shapes, so an error leaves the encoder as it was."""
     keys = reader.get_variable_to_shape_map()
     pairs = conv_bn_pairs(encoder)
     found = sum(1 for k in keys if k.startswith(prefix) and _TF1_CONV_KEY.fullmatch(k[len(prefix):]))
@@ -57,15 +58,17 @@ def load(encoder: keras.Model, path: str, reader, prefix: str) -> None:
             f"--checkpoint={path}: SimCLR checkpoint with {found} convolutions under {prefix!r}; this encoder "
             f"has {len(pairs)} (--resnet_depth/--width_multiplier must match; selective-kernel models, "
             f"`_sk1`, are not supported)")
+    sources = []
     for k, (conv, bn) in enumerate(pairs):
         suffix = f"_{k}" if k else ""
-        sources = [(conv.kernel, f"{prefix}conv2d{suffix}/kernel")]
+        sources.append((conv.kernel, f"{prefix}conv2d{suffix}/kernel"))
         sources += [(getattr(bn, w), f"{prefix}batch_normalization{suffix}/{w}") for w in _BN_WEIGHTS]
-        for variable, key in sources:
-            if key not in keys:
-                raise CheckpointError(f"--checkpoint={path}: has no {key} (for {conv.name})")
-            if tuple(keys[key]) != tuple(variable.shape):
-                raise CheckpointError(
-                    f"--checkpoint={path}: {key} has shape {keys[key]}, but {variable.path} of this encoder is "
-                    f"{tuple(variable.shape)} (--resnet_depth/--width_multiplier must match the checkpoint)")
-            variable.assign(tf.convert_to_tensor(reader.get_tensor(key), variable.dtype))
+    for variable, key in sources:
+        if key not in keys:
+            raise CheckpointError(f"--checkpoint={path}: has no {key} (for {variable.path})")
+        if tuple(keys[key]) != tuple(variable.shape):
+            raise CheckpointError(
+                f"--checkpoint={path}: {key} has shape {keys[key]}, but {variable.path} of this encoder is "
+                f"{tuple(variable.shape)} (--resnet_depth/--width_multiplier must match the checkpoint)")
+    for variable, key in sources:
+        variable.assign(tf.convert_to_tensor(reader.get_tensor(key), variable.dtype))
