@@ -39,6 +39,8 @@ HELP = {
     "proj_out_dim": "output size of the projection head",
     "checkpoint": "initialise the encoder from a run dir, checkpoint prefix, Keras weights file or a "
                   "released google-research/simclr TF1 checkpoint (in --mode=eval: the checkpoint to evaluate)",
+    "checkpoint_head": "pretraining from --checkpoint: start the projection head from its head too, when it has one "
+                       "(as SimCLR's code does); --nocheckpoint_head starts a fresh head",
     "zero_init_residual": "zero-initialise the last BN gamma of each residual block",
     "temperature": "NT-Xent temperature",
     "hidden_norm": "L2-normalise projections (cosine similarity)",

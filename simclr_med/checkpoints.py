@@ -7,6 +7,7 @@ still points at its last complete checkpoint; the orphaned pieces are removed on
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
@@ -14,6 +15,7 @@ import shutil
 
 import keras
 import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from simclr_med import simclr_tf1
 from simclr_med.errors import CheckpointError
@@ -122,7 +124,8 @@ def load_encoder(encoder: keras.Model, path: str) -> str:
     architecture fails here with a clear message instead of training from a half-loaded model.
     """
     path = resolve_checkpoint(path)
-    try:
+    with _reading(path, "does not fit this encoder (--resnet_depth/--width_multiplier must match the run "
+                        "that wrote it)"):
         if path.endswith(".keras"):
             source = keras.saving.load_model(path, compile=False)
             source = getattr(source, "encoder", source)
@@ -136,13 +139,46 @@ def load_encoder(encoder: keras.Model, path: str) -> str:
             else:
                 tf.train.Checkpoint(model=tf.train.Checkpoint(encoder=encoder)).restore(
                     path).expect_partial().assert_existing_objects_matched()
+    log.info("initialised encoder from %s", path)
+    return path
+
+
+def load_projection_head(head: keras.Model, path: str) -> bool:
+    """Initialises a projection head from the one saved at `path` (resolved), as SimCLR's code does
+    when it continues pretraining; False when there is none (a fine-tuning run, a Keras encoder
+    file), and the head starts fresh. A head of another shape is an error, not a partial load."""
+    has_head = False
+    if not path.endswith((".keras", ".h5")):
+        with _reading(path, "its projection head does not fit this one (--num_proj_layers/--proj_out_dim must "
+                            "match the run that wrote it, or --nocheckpoint_head)"):
+            reader = tf.train.load_checkpoint(path)
+            if prefix := simclr_tf1.base_prefix(reader):
+                has_head = simclr_tf1.load_head(head, path, reader, prefix)
+            elif "projection_head" in _children(reader, "model"):
+                tf.train.Checkpoint(model=tf.train.Checkpoint(projection_head=head)).restore(
+                    path).expect_partial().assert_existing_objects_matched()
+                has_head = True
+    log.info("initialised projection head from %s" if has_head else "projection head starts fresh: %s has none",
+             path)
+    return has_head
+
+
+def _children(reader, name: str) -> set[str]:
+    """Names of the objects under the checkpoint root's `name` (a run's variables are keyed by the
+    first path to them, often through the optimizer, so only the object graph says what a model had)."""
+    graph = trackable_object_graph_pb2.TrackableObjectGraph.FromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    node = next((c.node_id for c in graph.nodes[0].children if c.local_name == name), None)
+    return set() if node is None else {c.local_name for c in graph.nodes[node].children}
+
+
+@contextlib.contextmanager
+def _reading(path: str, mismatch: str):
+    """Turns TensorFlow's and h5py's errors on reading `path` into one-line CheckpointErrors."""
+    try:
+        yield
     except CheckpointError:
         raise
     except (*_UNREADABLE, OSError) as e:  # OSError: h5py on a damaged .h5
         raise CheckpointError(f"--checkpoint={path}: cannot be read ({_first_line(e)})") from None
     except (ValueError, AssertionError) as e:
-        raise CheckpointError(
-            f"--checkpoint={path}: does not fit this encoder (--resnet_depth/--width_multiplier "
-            f"must match the run that wrote it): {_first_line(e)}") from None
-    log.info("initialised encoder from %s", path)
-    return path
+        raise CheckpointError(f"--checkpoint={path}: {mismatch}: {_first_line(e)}") from None

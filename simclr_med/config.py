@@ -40,6 +40,7 @@ class Config:
     num_proj_layers: int = 3
     proj_out_dim: int = 128
     checkpoint: str = ""  # initialise weights from another run / a Keras file / a released SimCLR TF1 checkpoint
+    checkpoint_head: bool = True  # pretraining from --checkpoint starts its projection head there too, if it has one
     zero_init_residual: bool = True
 
     # Objective.

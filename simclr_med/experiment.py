@@ -37,10 +37,12 @@ def _write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
-def _init_encoder_if_fresh(cfg: Config, model) -> None:
+def _init_if_fresh(cfg: Config, encoder, projection_head=None) -> None:
     """--checkpoint seeds a *new* run only; a run that resumes keeps its own weights."""
     if cfg.checkpoint and tf.train.latest_checkpoint(cfg.model_dir) is None:
-        checkpoints.load_encoder(model.encoder, cfg.checkpoint)
+        path = checkpoints.load_encoder(encoder, cfg.checkpoint)
+        if projection_head is not None and cfg.checkpoint_head:
+            checkpoints.load_projection_head(projection_head, path)
 
 
 def _pretrain(cfg: Config, strategy, on_checkpoint=None) -> dict:
@@ -56,7 +58,7 @@ def _pretrain(cfg: Config, strategy, on_checkpoint=None) -> dict:
     with strategy.scope():
         model = build.contrastive_model(cfg, num_train_examples=num_examples,
                                         num_replicas=strategy.num_replicas_in_sync)
-    _init_encoder_if_fresh(cfg, model)
+    _init_if_fresh(cfg, model.encoder, model.projection_head)
     return training.train(model, dataset, model_dir=cfg.model_dir, total_steps=cfg.total_steps(num_examples),
                           on_checkpoint=on_checkpoint, **_loop_args(cfg)), model
 
@@ -95,7 +97,7 @@ def _finetune(cfg: Config, strategy, on_checkpoint=None):
         ds, meta, batch_size=cfg.train_batch_size, image_size=cfg.image_size,
         augmentation=cfg.augmentation, training=True, seed=cfg.seed, input_context=ctx))
     model = _classifier(cfg, strategy, classes, meta.num_examples)
-    _init_encoder_if_fresh(cfg, model)
+    _init_if_fresh(cfg, model.encoder)
     return training.train(model, dataset, model_dir=cfg.model_dir, total_steps=cfg.total_steps(meta.num_examples),
                           on_checkpoint=on_checkpoint, **_loop_args(cfg)), model
 

@@ -48,8 +48,7 @@ def conv_bn_pairs(encoder: keras.Model) -> list[tuple[keras.layers.Layer, keras.
 
 
 def load(encoder: keras.Model, path: str, reader, prefix: str) -> None:
-    """Assigns the checkpoint's convolutions and BatchNorms (in `prefix`) to `encoder`'s, once all are
-    found with the right shapes, so an error leaves the encoder as it was."""
+    """Assigns the checkpoint's convolutions and BatchNorms (in `prefix`) to `encoder`'s."""
     keys = reader.get_variable_to_shape_map()
     pairs = conv_bn_pairs(encoder)
     found = sum(1 for k in keys if k.startswith(prefix) and _TF1_CONV_KEY.fullmatch(k[len(prefix):]))
@@ -63,12 +62,41 @@ def load(encoder: keras.Model, path: str, reader, prefix: str) -> None:
         suffix = f"_{k}" if k else ""
         sources.append((conv.kernel, f"{prefix}conv2d{suffix}/kernel"))
         sources += [(getattr(bn, w), f"{prefix}batch_normalization{suffix}/{w}") for w in _BN_WEIGHTS]
+    _assign_all(sources, reader, path, "--resnet_depth/--width_multiplier must match the checkpoint")
+
+
+def load_head(head: keras.Model, path: str, reader, prefix: str) -> bool:
+    """Assigns the checkpoint's projection head (`head_contrastive/nl_<j>`, beside the encoder in
+    `prefix`) to `head`, `heads.build_projection_head`'s layers in the same order; False when the
+    checkpoint has none. v1 models have 2 layers, v2 models 3."""
+    keys = reader.get_variable_to_shape_map()
+    scope = prefix.replace("base_model/", "head_contrastive/")
+    found = sum(1 for k in keys if re.fullmatch(re.escape(scope) + r"nl_\d+/dense/kernel", k))
+    if not found:
+        return False
+    layers = sum(1 for l in head.layers if isinstance(l, keras.layers.Dense))
+    if found != layers:
+        raise CheckpointError(
+            f"--checkpoint={path}: its projection head has {found} layers, this one {layers} "
+            f"(--num_proj_layers={found}, or --nocheckpoint_head for a fresh head)")
+    sources = []
+    for j in range(layers):
+        sources.append((head.get_layer(f"dense{j}").kernel, f"{scope}nl_{j}/dense/kernel"))
+        sources += [(w, f"{scope}nl_{j}/batch_normalization/{w.name}") for w in head.get_layer(f"bn{j}").weights]
+    _assign_all(sources, reader, path, "--proj_out_dim must match the checkpoint, or --nocheckpoint_head")
+    return True
+
+
+def _assign_all(sources, reader, path: str, hint: str) -> None:
+    """Assigns each (variable, checkpoint key) once all are found with the right shapes, so an error
+    leaves the model as it was."""
+    keys = reader.get_variable_to_shape_map()
     for variable, key in sources:
         if key not in keys:
             raise CheckpointError(f"--checkpoint={path}: has no {key} (for {variable.path})")
         if tuple(keys[key]) != tuple(variable.shape):
             raise CheckpointError(
-                f"--checkpoint={path}: {key} has shape {keys[key]}, but {variable.path} of this encoder is "
-                f"{tuple(variable.shape)} (--resnet_depth/--width_multiplier must match the checkpoint)")
+                f"--checkpoint={path}: {key} has shape {keys[key]}, but {variable.path} of this model is "
+                f"{tuple(variable.shape)} ({hint})")
     for variable, key in sources:
         variable.assign(tf.convert_to_tensor(reader.get_tensor(key), variable.dtype))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_med import checkpoints, resnet
+from simclr_med import checkpoints, heads, resnet
 from simclr_med.errors import CheckpointError
 
 BLOCKS_R50 = (3, 4, 6, 3)
@@ -30,9 +30,10 @@ def released_order(blocks=BLOCKS_R50, width=1):
     return rows
 
 
-def write_released_checkpoint(prefix, scope="base_model/", seed=0):
+def write_released_checkpoint(prefix, scope="base_model/", seed=0, head_layers=3):
     """A TF1 name-based checkpoint as Chen et al. released them: conv2d[_k]/kernel,
-    batch_normalization[_k]/{gamma,beta,moving_mean,moving_variance}, plus the heads, an optimizer
+    batch_normalization[_k]/{gamma,beta,moving_mean,moving_variance}; the projection head
+    head_contrastive/nl_<j> (v1: 2 layers, v2: 3; no beta on the last); a supervised head, an optimizer
     slot and global_step, which the import must ignore. Returns {key: value}."""
     rng = np.random.default_rng(seed)
     tensors = {}
@@ -43,7 +44,12 @@ def write_released_checkpoint(prefix, scope="base_model/", seed=0):
         for w in ("gamma", "beta", "moving_mean", "moving_variance"):
             tensors[f"{scope}batch_normalization{suffix}/{w}"] = rng.uniform(0.5, 1.5, shape[-1]).astype(np.float32)
     tensors[f"{scope}conv2d/kernel/Momentum"] = np.zeros((7, 7, 3, 64), np.float32)
-    tensors["head_contrastive/nl_0/dense/kernel"] = rng.normal(size=(2048, 2048)).astype(np.float32)
+    head_scope = scope.replace("base_model/", "head_contrastive/")
+    for j in range(head_layers):
+        out = 128 if j == head_layers - 1 else 2048
+        tensors[f"{head_scope}nl_{j}/dense/kernel"] = rng.normal(scale=0.02, size=(2048, out)).astype(np.float32)
+        for w in ("gamma", "moving_mean", "moving_variance") + (("beta",) if out == 2048 else ()):
+            tensors[f"{head_scope}nl_{j}/batch_normalization/{w}"] = rng.uniform(0.5, 1.5, out).astype(np.float32)
     tensors["head_supervised/linear_layer/dense/kernel"] = rng.normal(size=(2048, 1000)).astype(np.float32)
     tensors["global_step"] = np.array(250228, np.int64)
     names = sorted(tensors)
@@ -128,7 +134,7 @@ def test_moving_average_copy_is_used_when_it_is_the_only_one(tmp_path):
 
 
 @pytest.mark.parametrize("depth, width, message", [
-    (50, 2, "base_model/conv2d/kernel has shape [7, 7, 3, 64], but stem_conv/kernel of this encoder is "
+    (50, 2, "base_model/conv2d/kernel has shape [7, 7, 3, 64], but stem_conv/kernel of this model is "
             "(7, 7, 3, 128)"),
     (101, 1, "SimCLR checkpoint with 53 convolutions under 'base_model/'; this encoder has 104"),
     (18, 1, "this encoder has 20 (--resnet_depth/--width_multiplier must match"),
@@ -147,3 +153,42 @@ def test_directory_without_state_file_needs_a_single_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="holds 2 checkpoints and no `checkpoint` file naming the latest; "
                                               "name one: .*model.ckpt-1, .*model.ckpt-2$"):
         checkpoints.resolve_checkpoint(str(tmp_path))
+
+
+def test_released_projection_head_is_imported_layer_by_layer(released):
+    prefix, tensors = released
+    head = heads.build_projection_head(2048, num_layers=3, out_dim=128)
+    assert checkpoints.load_projection_head(head, prefix)
+    for j in range(3):
+        np.testing.assert_array_equal(head.get_layer(f"dense{j}").kernel.numpy(),
+                                      tensors[f"head_contrastive/nl_{j}/dense/kernel"])
+        for w in head.get_layer(f"bn{j}").weights:
+            np.testing.assert_array_equal(w.numpy(), tensors[f"head_contrastive/nl_{j}/batch_normalization/{w.name}"])
+    assert len(head.weights) == 3 + 4 + 4 + 3  # nothing left at its initial value
+
+
+def test_head_of_another_shape_is_refused_whole(tmp_path):
+    prefix = str(tmp_path / "model.ckpt-1")
+    write_released_checkpoint(prefix, head_layers=2)  # a SimCLR v1 model
+    head = heads.build_projection_head(2048, num_layers=3, out_dim=128)
+    with pytest.raises(CheckpointError, match=re.escape("its projection head has 2 layers, this one 3 "
+                                                        "(--num_proj_layers=2, or --nocheckpoint_head")):
+        checkpoints.load_projection_head(head, prefix)
+    head = heads.build_projection_head(2048, num_layers=2, out_dim=64)
+    before = [w.numpy() for w in head.weights]
+    with pytest.raises(CheckpointError, match=re.escape(
+            "head_contrastive/nl_1/dense/kernel has shape [2048, 128], but dense1/kernel of this model is "
+            "(2048, 64) (--proj_out_dim must match")):
+        checkpoints.load_projection_head(head, prefix)
+    for b, w in zip(before, head.weights):  # not even the first layer, which fits
+        np.testing.assert_array_equal(b, w.numpy())
+
+
+def test_checkpoint_without_head_leaves_it_fresh(tmp_path):
+    prefix = str(tmp_path / "model.ckpt-1")
+    write_released_checkpoint(prefix, head_layers=0)
+    head = heads.build_projection_head(2048, num_layers=3, out_dim=128)
+    before = [w.numpy() for w in head.weights]
+    assert not checkpoints.load_projection_head(head, prefix)
+    for b, w in zip(before, head.weights):
+        np.testing.assert_array_equal(b, w.numpy())
