@@ -9,12 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from simclr_med import datasets, fixtures
 from simclr_med.errors import DataError
 from tfds_builders import common
 from tfds_builders.__main__ import main as cli_main
+from tfds_builders.chexpert_v1.chexpert_v1_dataset_builder import SPLIT_IMAGES
 from tfds_builders.cxr_labels import CHEXPERT_LABELS, CHEXPERT_TASKS, NIH_FOR_CHEXPERT, NIH_LABELS
 from tfds_builders.derm_cases.derm_cases_dataset_builder import DermConfig
 from tfds_builders.derm_cases.layouts import DERM_CONDITIONS
@@ -194,9 +197,17 @@ def test_chexpert_examples_match_csv(chexpert, with_root):
     assert np.isnan(raw).any() and (raw == -1).any()  # blanks and uncertain both kept
 
 
-def test_chexpert_layouts_give_the_same_split(chexpert):
+def test_chexpert_layouts_give_the_same_split(chexpert, tmp_path):
     splits = [{ex["image_id"]: s for s, exs in examples(chexpert[w][1]).items() for ex in exs} for w in (True, False)]
     assert splits[0] == splits[1]
+    # A re-packaged CSV whose Path lacks the root folder finds the images beside it.
+    manual = shutil.copytree(chexpert[True][0], tmp_path / "m")
+    for name in ("train.csv", "valid.csv"):
+        fixtures.rewrite_csv(manual / "CheXpert-v1.0-small" / name,
+                             lambda rs: [rs[0]] + [[r[0].split("/", 1)[1]] + r[1:] for r in rs[1:]])
+    rootless = {ex["image_id"].decode(): s for s, exs in examples(build("chexpert_v1", manual, tmp_path / "t")).items()
+                for ex in exs}
+    assert rootless == {k.decode().split("/", 1)[1]: s for k, s in splits[0].items()}
 
 
 # --- nih_chestxray14 --------------------------------------------------------------------------
@@ -320,6 +331,23 @@ def test_corrupt_image_in_a_bag_is_skipped_and_reported(tmp_path):
     case = next(ex for exs in examples(builder).values() for ex in exs if ex["case_id"].decode() == r["case_id"])
     assert r["image_path"].encode() not in list(case["image_ids"])
     assert len(case["images"]) == _images_of(read_rows(manual / "cases.csv"), r["case_id"]) - 1
+
+
+def test_phone_camera_jpeg_with_extra_frames_is_kept(tmp_path):
+    """PIL calls a JPEG with a second (preview) frame MPO; the pipelines decode its first frame."""
+    manual = fixtures.write_generic_cases(tmp_path / "m")
+    _, r = _first_row(manual, lambda r, rows: _images_of(rows, r["case_id"]) >= 2)
+    first, preview = (Image.fromarray(np.full((24, 32, 3), v, np.uint8)) for v in (200, 0))
+    first.save(manual / r["image_path"], "MPO", save_all=True, append_images=[preview])
+    builder = build("derm_cases/generic", manual, tmp_path / "t")
+    assert builder.info.metadata["skipped_images"] == []
+    case = next(ex for exs in examples(builder).values() for ex in exs if ex["case_id"].decode() == r["case_id"])
+    image = tf.io.decode_image(case["images"][list(case["image_ids"]).index(r["image_path"].encode())]).numpy()
+    assert image.shape == (24, 32, 3) and abs(float(image.mean()) - 200) < 2
+
+
+def test_chexpert_split_sizes_cover_train_csv():
+    assert sum(SPLIT_IMAGES.values()) == 223_414  # train.csv's images
 
 
 def test_empty_image_in_chexpert_fails(tmp_path):

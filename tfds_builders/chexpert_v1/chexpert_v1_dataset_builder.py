@@ -1,7 +1,7 @@
 """CheXpert v1.0 (small or full): one example per image with the 14 raw labels.
 
 Splits: `valid` is the official valid.csv; `train`/`validation`/`test` re-split train.csv by
-patient in the paper's proportions (67,429 / 22,240 / 33,745 images).
+patient in the paper's proportions (167,429 / 22,240 / 33,745 images: 75 / 10 / 15%).
 """
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ from tfds_builders import common
 from tfds_builders.cxr_labels import CHEXPERT_HEADER, CHEXPERT_LABELS
 
 ROOTS = ("CheXpert-v1.0-small", "CheXpert-v1.0")
-SPLIT_IMAGES = {"train": 67_429, "validation": 22_240, "test": 33_745}
+# The paper prints 67,429 training images: the three then add up to 100,000 fewer than train.csv's
+# 223,414, which 167,429 makes up exactly (and 75 / 10 / 15% instead of 54.6 / 18.0 / 27.3%).
+SPLIT_IMAGES = {"train": 167_429, "validation": 22_240, "test": 33_745}
 SPLIT_SEED = 0
 METADATA_KEYS = ("sex", "age", "view", "ap_pa")
 _LABEL_VALUES = {"1.0": 1.0, "1": 1.0, "0.0": 0.0, "0": 0.0, "-1.0": -1.0, "-1": -1.0, "": math.nan}
@@ -51,12 +53,15 @@ def locate(manual_dir: Path) -> Path:
 
 
 def _image_path(manual_dir: Path, csv_dir: Path, rel: str, where: str) -> Path:
+    """`Path` is relative to the folder above CheXpert-v1.0*/; mirrors drop that root folder, from the
+    files or from the CSV, so the path under the CSV's folder is tried too."""
     path = common.inside(manual_dir, rel, where)
-    if path.is_file():
-        return path
     parts = path.relative_to(manual_dir).parts
-    if len(parts) > 1 and parts[0].startswith("CheXpert-v1.0") and csv_dir.joinpath(*parts[1:]).is_file():
-        return csv_dir.joinpath(*parts[1:])  # a mirror unpacked without the root folder
+    if len(parts) > 1 and parts[0].startswith("CheXpert-v1.0"):
+        parts = parts[1:]
+    for candidate in (path, csv_dir.joinpath(*parts)):
+        if candidate.is_file():
+            return candidate
     raise DataError(f"{where}: image {rel!r} not found under {manual_dir}")
 
 
@@ -104,7 +109,9 @@ def assign_splits(train_rows: list[Row], valid_rows: list[Row]) -> dict[str, lis
 class Builder(tfds.core.GeneratorBasedBuilder):
     """CheXpert v1.0 chest radiographs with raw labels, for any uncertainty policy at load time."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.",
+                     "1.1.0": "Re-split 75 / 10 / 15% (the paper's sizes, its 67,429 read as 167,429)."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
 
     def _info(self) -> tfds.core.DatasetInfo:
