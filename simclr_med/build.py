@@ -18,15 +18,18 @@ def make_encoder(cfg: Config, sync_bn: bool) -> keras.Model:
                                zero_init_residual=cfg.zero_init_residual, winograd=cfg.winograd)
 
 
-def make_optimizer(cfg: Config, num_train_examples: int) -> keras.optimizers.Optimizer:
+def make_optimizer(cfg: Config, num_train_examples: int, unadapted=()) -> keras.optimizers.Optimizer:
     """LR schedule (batch-scaled, warmup + cosine) and the chosen optimizer.
 
     Wrapped in a LossScaleOptimizer for float16, and also when non-finite steps may be skipped:
-    its skip-on-non-finite-gradient logic is exactly that, and is correct across replicas.
+    its skip-on-non-finite-gradient logic is exactly that. It tests each replica's gradients before
+    they are summed; replicas agree because a NaN on one reaches the others' gradients through the
+    gathered negatives and synchronized BatchNorm (a frozen encoder's linear head has neither).
     """
     total = cfg.total_steps(num_train_examples)
     schedule = WarmupCosine(cfg.scaled_learning_rate(), min(cfg.warmup_steps(num_train_examples), total), total)
-    opt = build_optimizer(cfg.optimizer, schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = build_optimizer(cfg.optimizer, schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                          unadapted=unadapted)
     if cfg.precision == "mixed_float16":
         return keras.optimizers.LossScaleOptimizer(opt)
     if cfg.skip_nonfinite_steps > 0:
@@ -34,9 +37,9 @@ def make_optimizer(cfg: Config, num_train_examples: int) -> keras.optimizers.Opt
     return opt
 
 
-def _compile(model: keras.Model, cfg: Config, num_train_examples: int) -> keras.Model:
+def _compile(model: keras.Model, cfg: Config, num_train_examples: int, unadapted=()) -> keras.Model:
     model.rollback_nonfinite = cfg.skip_nonfinite_steps > 0
-    model.compile(optimizer=make_optimizer(cfg, num_train_examples), jit_compile=cfg.use_xla,
+    model.compile(optimizer=make_optimizer(cfg, num_train_examples, unadapted), jit_compile=cfg.use_xla,
                   steps_per_execution=cfg.steps_per_execution)
     # Create optimizer slots now, so a checkpoint restores them instead of deferring.
     model.optimizer.build(model.trainable_variables)
@@ -59,4 +62,4 @@ def classifier(cfg: Config, *, num_classes: int, multi_label: bool, num_train_ex
     model = models.Classifier(encoder, num_classes, multi_label=multi_label,
                               freeze_encoder=cfg.train_mode == "lineareval")
     model.build((None, cfg.image_size, cfg.image_size, 3))
-    return _compile(model, cfg, num_train_examples)
+    return _compile(model, cfg, num_train_examples, unadapted=[model.head.name])

@@ -3,8 +3,12 @@
 Each replica holds b anchors per view; the global batch is B = b·R. For an anchor z_i the
 candidates are the 2B − 1 other projections of the global batch; its positive is the other
 view of the same image. Every replica computes the loss of its *local* anchors against the
-*global* candidates, divided by the global number of anchors 2B, so that summing gradients
-across replicas (what Keras optimizers do) gives the gradient of the global mean.
+*global* candidates, divided by the global number of pairs B, so that summing gradients across
+replicas (what Keras optimizers do) gives the gradient of the global loss.
+
+The scale is that of SimCLR's code, which adds the mean losses of the two views: twice Eq. (1)'s
+mean over 2N anchors. The paper's learning rates and weight decay were tuned at that scale, and
+LARS does not forget it (the trust ratio sees g + wd·w; BatchNorm weights get the plain rate).
 """
 from __future__ import annotations
 
@@ -17,8 +21,8 @@ _LARGE_NUM = 1e9
 
 @dataclasses.dataclass
 class ContrastiveOutput:
-    loss: tf.Tensor  # this replica's share of the global mean loss (sum over replicas = mean)
-    mean_loss: tf.Tensor  # mean over this replica's anchors (for logging)
+    loss: tf.Tensor  # this replica's share of the global loss (summed over replicas: the loss)
+    mean_loss: tf.Tensor  # the same over this replica's pairs alone (for logging)
     accuracy: tf.Tensor  # fraction of local anchors whose positive scores highest
     entropy: tf.Tensor  # entropy of the softmax over the other view's candidates
 
@@ -38,7 +42,8 @@ def nt_xent(
     hidden_norm: bool = True,
     replica_context=None,
 ) -> ContrastiveOutput:
-    """NT-Xent over the 2N views, Eq. (1) of SimCLR, averaged over both orderings of each pair.
+    """NT-Xent over the 2N views, Eq. (1) of SimCLR, summed over both orderings of each pair and
+    averaged over the N pairs.
 
     Args:
       z1, z2: [b, d] projections of the first and second view of the local batch.
@@ -67,12 +72,11 @@ def nt_xent(
     loss_a = tf.nn.sparse_softmax_cross_entropy_with_logits(positives, tf.concat([logits_ab, logits_aa], 1))
     loss_b = tf.nn.sparse_softmax_cross_entropy_with_logits(positives, tf.concat([logits_ba, logits_bb], 1))
     local_sum = tf.reduce_sum(loss_a) + tf.reduce_sum(loss_b)
-    global_anchors = 2 * tf.shape(z1_all)[0]
 
     prob_ab = tf.nn.softmax(logits_ab, axis=-1)
     return ContrastiveOutput(
-        loss=local_sum / tf.cast(global_anchors, tf.float32),
-        mean_loss=local_sum / tf.cast(2 * b, tf.float32),
+        loss=local_sum / tf.cast(tf.shape(z1_all)[0], tf.float32),
+        mean_loss=local_sum / tf.cast(b, tf.float32),
         accuracy=tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits_ab, 1, output_type=tf.int32), positives), tf.float32)),
         entropy=-tf.reduce_mean(tf.reduce_sum(prob_ab * tf.math.log(prob_ab + 1e-8), axis=-1)),
     )

@@ -10,6 +10,8 @@ parameters (rank <= 1) never decay.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import keras
 from keras import ops
 
@@ -58,15 +60,19 @@ class AdamWithL2(_L2InGradient, keras.optimizers.Adam):
     """Adam with L2 weight decay in the gradient (biases / BatchNorm excluded), as SimCLR's Adam."""
 
 
-def build_optimizer(name: str, learning_rate, *, momentum: float = 0.9, weight_decay: float = 0.0) -> keras.optimizers.Optimizer:
+def build_optimizer(name: str, learning_rate, *, momentum: float = 0.9, weight_decay: float = 0.0,
+                    unadapted: Sequence[str] = ()) -> keras.optimizers.Optimizer:
     """Return the optimizer `name` (lars | sgd | adam). `learning_rate`: float or LearningRateSchedule.
 
-    `momentum` is ignored by adam (its beta_1 stays at 0.9, as in SimCLR).
+    `momentum` is ignored by adam (its beta_1 stays at 0.9, as in SimCLR). `unadapted`: path
+    substrings of variables that LARS updates with its plain learning rate, still decayed: SimCLR's
+    supervised head, which a trust ratio of ~1e-3·‖w‖/‖g‖ would barely move from its initialisation.
     """
     if isinstance(learning_rate, int):
         learning_rate = float(learning_rate)
     if name == "lars":
-        return LARS(learning_rate, momentum=momentum, weight_decay_rate=weight_decay)
+        return LARS(learning_rate, momentum=momentum, weight_decay_rate=weight_decay,
+                    exclude_from_layer_adaptation=list(unadapted))
     if name == "sgd":
         return SGDWithL2(learning_rate, momentum=float(momentum), weight_decay_rate=weight_decay)
     if name == "adam":

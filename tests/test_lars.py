@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from simclr_med import build
+from simclr_med.config import Config
 from simclr_med.lars import LARS, is_excluded
 from simclr_med.optimizers import AdamWithL2, SGDWithL2, build_optimizer
 from simclr_med.schedules import WarmupCosine
@@ -286,6 +288,20 @@ def test_build_optimizer():
     assert isinstance(build_optimizer("adam", WarmupCosine(1e-3, 0, 10)), AdamWithL2)
     with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
         build_optimizer("rmsprop", 0.1)
+
+
+def test_classifier_head_is_decayed_but_not_adapted():
+    """As SimCLR's LARS: its supervised head, which a trust ratio would barely move, gets the plain
+    learning rate (still decayed); the encoder's kernels keep the trust ratio."""
+    cfg = Config(train_mode="finetune", optimizer="lars", resnet_depth=18, image_size=32, learning_rate=0.1,
+                 learning_rate_scaling="none", warmup_epochs=0, weight_decay=1e-3, train_steps=10, model_dir="x")
+    model = build.classifier(cfg, num_classes=3, multi_label=False, num_train_examples=64)
+    variables = [model.head.kernel, model.encoder.get_layer("stem_conv").kernel]
+    before = [v.numpy() for v in variables]
+    grads = [RNG.randn(*w.shape).astype("float32") for w in before]
+    after = run(model.optimizer, variables, [grads])
+    for w0, g, w1, adapt in zip(before, grads, after, (False, True)):
+        np.testing.assert_allclose(w1, reference(w0, [g], [0.1], wd=1e-3, adapt=adapt), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam"])

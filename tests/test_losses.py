@@ -1,4 +1,4 @@
-"""NT-Xent against a direct NumPy transcription of Eq. (1), and across replicas."""
+"""NT-Xent against a direct NumPy transcription of Eq. (1) at the scale of SimCLR's code, and across replicas."""
 import json
 import os
 import subprocess
@@ -31,7 +31,8 @@ def test_matches_numpy_equation(tau):
     rng = np.random.default_rng(0)
     z1, z2 = rng.normal(size=(2, 6, 16)).astype(np.float32)
     out = nt_xent(tf.constant(z1), tf.constant(z2), tau)
-    assert float(out.loss) == pytest.approx(numpy_nt_xent(z1, z2, tau), rel=1e-5)
+    # SimCLR's objective.py adds the two views' mean losses: twice the mean over 2N anchors.
+    assert float(out.loss) == pytest.approx(2 * numpy_nt_xent(z1, z2, tau), rel=1e-5)
     assert float(out.mean_loss) == pytest.approx(float(out.loss), rel=1e-6)
 
 
