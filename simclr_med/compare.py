@@ -18,7 +18,6 @@ import functools
 import glob
 import itertools
 import json
-import math
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -50,10 +49,12 @@ def align_predictions(preds: Sequence[dict], sources: Sequence[str]) -> list[dic
             if not np.array_equal(pred[key], base[key]):
                 raise DataError(f"{src}: {key} differs from {base_src}")
         pred = _match_rows(pred, src, base["case_ids"], base_src)
-        if not np.array_equal(pred["labels"], base["labels"], equal_nan=True):
-            row = _first_differing_row(pred["labels"], base["labels"])
-            raise DataError(f"{src}: label of case {base['case_ids'][row]!r} (row {row}) differs "
-                             f"from {base_src}; not the same test set")
+        checked = {"labels": "label", "label_mask": "label mask (another --uncertainty_policy?)"}
+        for key in checked if bool(base["multi_label"]) else ["labels"]:
+            if not np.array_equal(pred[key], base[key], equal_nan=True):
+                row = _first_differing_row(pred[key], base[key])
+                raise DataError(f"{src}: {checked[key]} of case {str(base['case_ids'][row])!r} (row {row}) differs "
+                                f"from {base_src}; not the same test set")
         aligned.append(pred)
     return aligned
 
@@ -122,32 +123,35 @@ def bootstrap_replicates(pred: dict, metric_fn: MetricFn = metrics_lib.compute_m
         for i, rows in enumerate(resample_rows(pred["case_ids"], n_boot, seed)):
             for name, value in metric_fn(metrics_lib.select_rows(pred, rows)).items():
                 if name != "num_examples":
-                    reps.setdefault(name, np.full(n_boot, np.nan))[i] = _float(value)
+                    reps.setdefault(name, np.full(n_boot, np.nan))[i] = metrics_lib.finite(value)
     return reps
 
 
 def percentile_ci(value, reps: np.ndarray, alpha: float = 0.05) -> dict:
-    """{"value", "low", "high"}: point estimate and (1-alpha) percentile interval."""
+    """{"value", "low", "high", "replicates"}: point estimate, (1-alpha) percentile interval, and
+    how many replicates it comes from (a rare class's AUC is undefined in those that miss it)."""
     low, high = _percentiles(reps, alpha)
-    return {"value": value, "low": low, "high": high}
+    return {"value": value, "low": low, "high": high, "replicates": int(np.sum(~np.isnan(reps)))}
 
 
 def diff_summary(value_a, value_b, reps_a: np.ndarray, reps_b: np.ndarray,
                  alpha: float = 0.05) -> dict:
-    """Paired difference b - a: interval, two-sided bootstrap p-value, significance.
+    """Paired difference b - a: interval, two-sided bootstrap p-value, significance (p < alpha).
 
-    p = 2 * min(#{d* <= 0} + 1, #{d* >= 0} + 1) / (n + 1), capped at 1 (never exactly 0).
+    p = 2 * min(#{d* <= 0} + 1, #{d* >= 0} + 1) / (n + 1), capped at 1 (never exactly 0). The
+    percentile interval comes from the same replicates; at the edge it can just touch 0 while
+    p < alpha, or just miss it while p >= alpha.
     """
     diffs = reps_b - reps_a
     diffs = diffs[~np.isnan(diffs)]
     low, high = _percentiles(diffs, alpha)
     point = None if value_a is None or value_b is None else value_b - value_a
     if not diffs.size:
-        return {"diff": point, "low": None, "high": None, "p_value": None, "significant": False}
+        return {"diff": point, "low": None, "high": None, "p_value": None, "significant": False, "replicates": 0}
     tail = min(np.sum(diffs <= 0), np.sum(diffs >= 0)) + 1
     p_value = min(1.0, 2.0 * tail / (diffs.size + 1))
-    return {"diff": point, "low": low, "high": high, "p_value": float(p_value),
-            "significant": bool(low > 0 or high < 0)}
+    return {"diff": point, "low": low, "high": high, "p_value": float(p_value), "significant": bool(p_value < alpha),
+            "replicates": int(diffs.size)}
 
 
 def bootstrap_ci(pred: dict, metric_fn: MetricFn = metrics_lib.compute_metrics,
@@ -203,8 +207,8 @@ def ttest(values_a: Sequence[float], values_b: Sequence[float], equal_var: bool 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zero variance gives NaN, reported as None
         result = stats.ttest_ind(b, a, equal_var=equal_var)
-    p_value = _float(result.pvalue)
-    return {"mean_diff": float(b.mean() - a.mean()), "t": _float(result.statistic),
+    p_value = metrics_lib.finite(result.pvalue)
+    return {"mean_diff": float(b.mean() - a.mean()), "t": metrics_lib.finite(result.statistic),
             "p_value": p_value, "significant": bool(p_value is not None and p_value < alpha)}
 
 
@@ -482,15 +486,8 @@ def to_jsonable(obj):
     if isinstance(obj, (int, np.integer)):
         return int(obj)
     if isinstance(obj, (float, np.floating)):
-        return _float(obj)
+        return metrics_lib.finite(obj)
     return obj
-
-
-def _float(value) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return None if math.isnan(value) or math.isinf(value) else value
 
 
 def _percentiles(values: np.ndarray, alpha: float) -> tuple[float | None, float | None]:
@@ -502,7 +499,7 @@ def _percentiles(values: np.ndarray, alpha: float) -> tuple[float | None, float 
 
 
 def _metric_values(results: Sequence[dict], name: str) -> list[float]:
-    values = [_float(r.get(name)) if isinstance(r.get(name), (int, float)) else None
+    values = [metrics_lib.finite(r.get(name)) if isinstance(r.get(name), (int, float)) else None
               for r in results]
     return [v for v in values if v is not None]
 

@@ -200,7 +200,7 @@ def select_cases(case_ids, labels, label_mask, fraction: float, seed: int, class
         kept = np.isin(np.arange(len(class_names)), labels[keep])
     for k in np.flatnonzero(present & ~kept):
         has = positive[:, k] if multi_label else labels == k
-        raise DataError(f"label_fraction={fraction} leaves class {class_names[k]!r} with no example in {where} "
+        raise DataError(f"label_fraction={fraction} leaves class {str(class_names[k])!r} with no example in {where} "
                         f"({len(np.unique(case_ids[has]))} case(s) have it); use a larger fraction")
     return keep
 

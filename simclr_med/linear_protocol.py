@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
+from simclr_med import metrics
 from simclr_med.errors import DataError
 
 DEFAULT_SIZES = {"S": 10, "M": 100, "F": None}  # examples per class; None = all
@@ -75,22 +76,6 @@ def oversample(indices: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.nda
 
 
 # ----------------------------------------------------------------------------- metrics
-def quadratic_weighted_kappa(y_true, y_pred, num_classes: int | None = None) -> float:
-    """Cohen's kappa with weights (i − j)²: disagreement by two grades costs four times one."""
-    y_true = np.asarray(y_true, dtype=np.int64)
-    y_pred = np.asarray(y_pred, dtype=np.int64)
-    k = num_classes or int(max(y_true.max(), y_pred.max())) + 1
-    observed = np.zeros((k, k))
-    np.add.at(observed, (y_true, y_pred), 1.0)
-    expected = np.outer(observed.sum(1), observed.sum(0)) / observed.sum()
-    grades = np.arange(k)
-    weights = (grades[:, None] - grades[None, :]) ** 2
-    denom = (weights * expected).sum()
-    if denom == 0:  # both raters constant and identical: perfect agreement
-        return 1.0
-    return float(1.0 - (weights * observed).sum() / denom)
-
-
 def macro_auc(y_true, probs) -> float:
     """Macro one-vs-rest AUC over the classes that have both positives and negatives."""
     y_true = np.asarray(y_true)
@@ -241,7 +226,7 @@ def evaluate_subtask(
         "fold_val_auc": [_or_none(v) for v in fold_val_auc],
     }
     if graded:
-        result["kappa"] = quadratic_weighted_kappa(y_test, pred, num_classes)
+        result["kappa"] = metrics.cohen_kappa_quadratic(y_test, pred, num_classes)
     return result
 
 
@@ -258,9 +243,9 @@ def run_protocol(
     results = {}
     for name, n_per_class in sizes.items():
         idx = balanced_subset(y_train, n_per_class, seed)
-        metrics = evaluate_subtask(x_train[idx], y_train[idx], x_test, y_test,
+        scores = evaluate_subtask(x_train[idx], y_train[idx], x_test, y_test,
                                    num_classes=num_classes, folds=folds, seed=seed, **kwargs)
-        results[name] = {"n_per_class": n_per_class, **metrics}
+        results[name] = {"n_per_class": n_per_class, **scores}
     return results
 
 
@@ -315,7 +300,7 @@ def main(argv=None) -> dict:
     with open(args.output, "w") as f:
         json.dump(result, f, indent=2)
     for name, r in result.items():
-        kappa = f"  kappa {r['kappa']:.4f}" if "kappa" in r else ""
+        kappa = "" if "kappa" not in r else "  kappa undefined" if r["kappa"] is None else f"  kappa {r['kappa']:.4f}"
         print(f"{name}: n_train {r['n_train']}  AUC {r['auc']}  acc {r['accuracy']:.4f}{kappa}")
     return result
 

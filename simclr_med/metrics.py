@@ -12,6 +12,7 @@ the labels has no per-class key (its recall and AUC are undefined).
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -41,10 +42,25 @@ def binary_auc(y: np.ndarray, scores: np.ndarray) -> float | None:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def true_class_rank(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """0-based rank of the true class per row (number of classes scored strictly higher)."""
-    true_scores = probs[np.arange(len(labels)), labels]
-    return (probs > true_scores[:, None]).sum(axis=1)
+def finite(value) -> float | None:
+    """A metric value as a float; None where it is undefined (None, NaN, ±inf) or not a number."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def top_k_hits(probs: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the chance that the true class is among the top k when ties are broken at random.
+
+    A saturated or collapsed model scores classes equally; counting a tie as a hit would give
+    a constant prediction 100% accuracy, counting it as a miss 0%.
+    """
+    true_scores = probs[np.arange(len(labels)), labels][:, None]
+    higher = (probs > true_scores).sum(axis=1)
+    tied = (probs == true_scores).sum(axis=1)  # the true class included
+    return np.clip((k - higher) / tied, 0.0, 1.0)
 
 
 def multiclass_metrics(probs, labels, class_names: Sequence[str], exclude=("Other",),
@@ -58,13 +74,13 @@ def multiclass_metrics(probs, labels, class_names: Sequence[str], exclude=("Othe
     probs = np.asarray(probs, np.float64)
     labels = np.asarray(labels, np.int64)
     _check_multiclass(probs, labels, class_names)
-    ranks = true_class_rank(probs, labels)
+    hits = {k: top_k_hits(probs, labels, k) for k in (1, 3)}
     out = {"num_examples": int(len(labels))}
     for k in (1, 3):
-        out[f"top{k}_accuracy"] = float(np.mean(ranks < k))
+        out[f"top{k}_accuracy"] = float(np.mean(hits[k]))
     present = [c for c in range(len(class_names)) if np.any(labels == c)]
     for k in (1, 3):
-        recalls = {c: float(np.mean(ranks[labels == c] < k)) for c in present}
+        recalls = {c: float(np.mean(hits[k][labels == c])) for c in present}
         named = [r for c, r in recalls.items() if class_names[c] not in exclude]
         out[f"top{k}_sensitivity"] = float(np.mean(named)) if named else None
         out.update({f"sensitivity_top{k}_{class_names[c]}": r for c, r in recalls.items()})
@@ -239,7 +255,7 @@ def average_by_case(probs, case_ids, labels, label_mask=None) -> dict:
         same = (values == values[first][index]).reshape(len(values), -1).all(axis=1)
         if not same.all():
             row = int(np.argmin(same))
-            raise DataError(f"case {cases[index[row]]!r}: row {row} has different {key} from "
+            raise DataError(f"case {str(cases[index[row]])!r}: row {row} has different {key} from "
                              "the case's first image; cannot average by case")
         out[key] = values[first]
     return out
@@ -274,7 +290,7 @@ def _check_multilabel(probs, labels, mask, class_names) -> None:
     if bad.size:
         row, col = bad[0]
         raise DataError(f"row {row}: unmasked label {labels[row, col]} for "
-                         f"{class_names[col]!r} is not 0 or 1")
+                         f"{str(class_names[col])!r} is not 0 or 1")
     _check_finite(probs)
 
 

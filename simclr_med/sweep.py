@@ -14,8 +14,9 @@ import shutil
 
 import numpy as np
 
-from simclr_med import experiment
+from simclr_med import experiment, metrics
 from simclr_med.config import Config
+from simclr_med.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +25,11 @@ DEFAULT_WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3, 0.0)
 VALIDATION_RESULT = "validation_result.json"
 
 
-def headline(result: dict) -> tuple[str, float]:
-    """The metric a sweep maximises: mean AUC (multi-label) or top-1 accuracy (multi-class)."""
-    for key in ("mean_auc", "top1_accuracy"):
-        if result.get(key) is not None:
-            return key, float(result[key])
-    raise ValueError(f"result has neither mean_auc nor top1_accuracy: {sorted(result)}")
+def headline(result: dict) -> tuple[str, float | None]:
+    """The metric a sweep maximises: mean AUC (multi-label) or top-1 accuracy (multi-class); None
+    where it is undefined (no task with both outcomes in a small validation split)."""
+    key = "mean_auc" if "mean_auc" in result else "top1_accuracy"
+    return key, metrics.finite(result.get(key))
 
 
 def point_dir(root: str, lr: float, wd: float) -> str:
@@ -57,10 +57,15 @@ def sweep(cfg: Config, learning_rates=DEFAULT_LEARNING_RATES, weight_decays=DEFA
                 experiment.run(point)
                 shutil.copyfile(os.path.join(run_dir, "result.json"), done)
             metric, value = headline(_read(done))
-            log.info("sweep point lr=%.2e wd=%.0e: %s=%.4f", lr, wd, metric, value)
+            log.info("sweep point lr=%.2e wd=%.0e: %s=%s", lr, wd, metric, "undefined" if value is None else
+                     f"{value:.4f}")
             points.append({"learning_rate": lr, "weight_decay": wd, "model_dir": run_dir, metric: value})
 
-    best = max(points, key=lambda p: p[metric])
+    scored = [p for p in points if p[metric] is not None]
+    if not scored:
+        raise DataError(f"sweep: {metric} on {cfg.dataset}/{validation_split} is undefined at every point (no "
+                        f"task has both positive and negative labels there); validate on a larger split")
+    best = max(scored, key=lambda p: p[metric])
     final = dataclasses.replace(cfg, mode="eval", model_dir=best["model_dir"], learning_rate=best["learning_rate"],
                                 weight_decay=best["weight_decay"], eval_split=test_split, checkpoint="")
     test_result = experiment.run(final)["result"]

@@ -232,10 +232,6 @@ def _checkpoint_steps(model_dir: str) -> list[tuple[int, str]]:
     return sorted((int(p.rsplit("-", 1)[-1]), p) for p in paths)
 
 
-def _finite(value) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and np.isfinite(value) else None
-
-
 def _read_json(path: str) -> dict:
     with open(path) as f:
         return json.load(f)
@@ -281,7 +277,7 @@ class _Validator:
         if self.metric not in result:
             raise ConfigError(f"metric {self.metric!r} is not computed for this task; "
                               f"available: {sorted(k for k, v in result.items() if isinstance(v, float))}")
-        return self.metric, _finite(result[self.metric])
+        return self.metric, metrics.finite(result[self.metric])
 
 
 def _early_stopped(cfg: Config, early: EarlyStopping, metric: str | None) -> dict | None:
@@ -376,7 +372,7 @@ def _cell_record(cfg: Config, metric: str | None) -> dict:
     result = _read_json(os.path.join(cfg.model_dir, "result.json"))
     if metric and metric not in result:
         raise ConfigError(f"{cfg.model_dir}/result.json has no metric {metric!r}")
-    name, value = (metric, _finite(result[metric])) if metric else sweep.headline(result)
+    name, value = (metric, metrics.finite(result[metric])) if metric else sweep.headline(result)
     record = {"seed": cfg.seed, "metric": name, "value": value, "final_step": result.get("global_step")}
     state_path = os.path.join(cfg.model_dir, STATE_FILE)
     if os.path.exists(state_path):

@@ -9,6 +9,7 @@ import pytest
 from scipy import stats
 
 from simclr_med import compare, metrics
+from simclr_med.errors import DataError
 
 CLASSES = ["Acne", "Eczema", "Melanoma", "Psoriasis", "Other"]
 
@@ -67,6 +68,13 @@ def test_paired_difference_with_itself_is_zero():
         if d["diff"] is not None:
             assert d["diff"] == 0.0 and d["low"] == 0.0 and d["high"] == 0.0
             assert not d["significant"] and d["p_value"] == 1.0
+
+
+def test_significance_is_the_p_value_even_where_the_interval_edge_disagrees():
+    diffs = np.where(np.arange(1000) < 25, -0.01, 0.1)  # 2.5% at or below 0: p = 2 * 26 / 1001
+    d = compare.diff_summary(0.5, 0.6, np.zeros(1000), diffs)
+    assert d["low"] > 0 and d["p_value"] == pytest.approx(52 / 1001)
+    assert not d["significant"] and d["replicates"] == 1000
 
 
 def test_clearly_better_model_is_significant_and_weak_gap_is_not():
@@ -208,6 +216,13 @@ def test_cli_multilabel_clusters_by_patient(tmp_path):
     report = json.loads(out.read_text())
     ci = report["models"]["b"]["ci"]
     assert list(ci) == ["mean_auc"] + [f"auc_{t}" for t in tasks]
-    assert ci["auc_Edema"] == {"value": None, "low": None, "high": None}
+    assert ci["auc_Edema"] == {"value": None, "low": None, "high": None, "replicates": 0}
+    assert ci["mean_auc"]["replicates"] == 50
     assert ci["mean_auc"]["low"] <= ci["mean_auc"]["value"] <= ci["mean_auc"]["high"]
     assert report["comparisons"][0]["metrics"]["mean_auc"]["significant"] is True
+    # Equal labels under another mask (U-Ignore instead of U-Zeros) are another test set.
+    ignored = dict(base, probs=labels, label_mask=np.where(np.arange(n)[:, None] == 7, 0.0, mask))
+    paths.append(_save(tmp_path / "c.npz", ignored))
+    with pytest.raises(DataError, match=r"c.npz: label mask \(another --uncertainty_policy\?\) of case "
+                                        r"'patient1' \(row 7\) differs"):
+        compare.align_predictions([metrics.load_predictions(p) for p in paths], paths)

@@ -53,6 +53,17 @@ def test_multiclass_matches_sklearn(seed):
     assert all(type(v) in (float, int) for v in out.values())
 
 
+def test_tied_scores_count_as_a_random_tie_break():
+    """A collapsed model (every class equal) is at chance, not at 100%; a saturated softmax's zeros tie."""
+    uniform = metrics.multiclass_metrics(np.full((6, 6), 1 / 6), np.arange(6), CLASSES)
+    assert uniform["top1_accuracy"] == pytest.approx(1 / 6) and uniform["top3_accuracy"] == pytest.approx(0.5)
+    assert uniform["top1_sensitivity"] == pytest.approx(1 / 6)
+    saturated = np.zeros((1, 6))
+    saturated[0, 0] = 1.0  # the true class, 3, ties with four others below the first
+    hits = [metrics.top_k_hits(saturated, np.array([3]), k)[0] for k in (1, 2, 3, 5, 6)]
+    np.testing.assert_allclose(hits, [0.0, 1 / 5, 2 / 5, 4 / 5, 1.0])
+
+
 def test_other_is_excluded_from_sensitivity_only():
     probs, labels = random_multiclass(3)
     other = CLASSES.index("Other")

@@ -1,9 +1,13 @@
 """The fine-tuning grid: every point trained once, best chosen on validation, scored on test."""
+import dataclasses
 import json
 import os
 
+import pytest
+
 from simclr_med import sweep
 from simclr_med.config import Config
+from simclr_med.errors import DataError
 
 
 def test_sweep_runs_grid_chooses_on_validation_and_resumes(tmp_path, monkeypatch):
@@ -26,3 +30,25 @@ def test_sweep_runs_grid_chooses_on_validation_and_resumes(tmp_path, monkeypatch
     monkeypatch.setattr(sweep.experiment, "run", lambda c: calls.append(c.mode) or real_run(c))
     again = sweep.sweep(cfg, learning_rates=[0.01, 0.1], weight_decays=[0.0])
     assert calls == ["eval"] and again["best"] == summary["best"]
+
+
+def test_points_with_an_undefined_score_are_never_chosen(tmp_path, monkeypatch):
+    """A small multi-label validation split can leave mean AUC undefined (no task with both outcomes)."""
+    scores = {0.01: None, 0.1: 0.7, 1.0: 0.6}
+
+    def fake_run(point):
+        if point.mode == "eval":
+            return {"result": {"split": point.eval_split, "model_dir": point.model_dir}}
+        os.makedirs(point.model_dir, exist_ok=True)
+        with open(os.path.join(point.model_dir, "result.json"), "w") as f:
+            json.dump({"mean_auc": scores[point.learning_rate], "auc_Edema": None}, f)
+
+    monkeypatch.setattr(sweep.experiment, "run", fake_run)
+    cfg = Config(mode="sweep", train_mode="finetune", model_dir=str(tmp_path / "a"))
+    summary = sweep.sweep(cfg, learning_rates=list(scores), weight_decays=[0.0])
+    assert summary["metric"] == "mean_auc" and summary["best"]["learning_rate"] == 0.1
+    assert summary["test_result"]["model_dir"] == summary["best"]["model_dir"]
+    scores.update({0.1: None, 1.0: float("nan")})
+    with pytest.raises(DataError, match="mean_auc on demo/validation is undefined at every point"):
+        sweep.sweep(dataclasses.replace(cfg, model_dir=str(tmp_path / "b")), learning_rates=list(scores),
+                    weight_decays=[0.0])
