@@ -21,6 +21,7 @@ from simclr_med import simclr_tf1
 from simclr_med.errors import CheckpointError
 
 log = logging.getLogger(__name__)
+KERAS_FILES = (".keras", ".h5")  # a Keras model or weights file (`.weights.h5` included), not a checkpoint
 
 
 def global_step(optimizer) -> int:
@@ -97,7 +98,7 @@ def resolve_checkpoint(path: str) -> str:
                                       f"`checkpoint` file naming the latest; name one: {', '.join(prefixes)}")
             latest = prefixes[0]
         return latest
-    if path.endswith((".weights.h5", ".keras", ".h5")) or os.path.exists(path + ".index"):
+    if path.endswith(KERAS_FILES) or os.path.exists(path + ".index"):
         if not (os.path.exists(path) or os.path.exists(path + ".index")):
             raise CheckpointError(f"--checkpoint={path}: no such file")
         return path
@@ -148,7 +149,7 @@ def load_projection_head(head: keras.Model, path: str) -> bool:
     when it continues pretraining; False when there is none (a fine-tuning run, a Keras encoder
     file), and the head starts fresh. A head of another shape is an error, not a partial load."""
     has_head = False
-    if not path.endswith((".keras", ".h5")):
+    if not path.endswith(KERAS_FILES):
         with _reading(path, "its projection head does not fit this one (--num_proj_layers/--proj_out_dim must "
                             "match the run that wrote it, or --nocheckpoint_head)"):
             reader = tf.train.load_checkpoint(path)

@@ -499,8 +499,7 @@ def _percentiles(values: np.ndarray, alpha: float) -> tuple[float | None, float 
 
 
 def _metric_values(results: Sequence[dict], name: str) -> list[float]:
-    values = [metrics_lib.finite(r.get(name)) if isinstance(r.get(name), (int, float)) else None
-              for r in results]
+    values = [metrics_lib.finite(r.get(name)) for r in results]
     return [v for v in values if v is not None]
 
 

@@ -30,7 +30,6 @@ from simclr_med import augment, checkpoints, datasets, metrics, resnet
 from simclr_med.errors import CheckpointError, DataError, SimclrMedError
 
 log = logging.getLogger(__name__)
-KERAS_SUFFIXES = (".keras", ".weights.h5", ".h5")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +67,7 @@ def resolve_source(path: str, *, image_size: int | None = None, resnet_depth: in
     """Classifies `path` and fills in the encoder shape; explicit arguments override the run's flags."""
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return Source("saved_model", path, None, None, None)
-    if path.endswith(KERAS_SUFFIXES):
+    if path.endswith(checkpoints.KERAS_FILES):
         if not os.path.isfile(path):
             raise CheckpointError(f"--source={path}: no such file")
         if image_size is None:

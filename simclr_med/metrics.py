@@ -44,6 +44,8 @@ def binary_auc(y: np.ndarray, scores: np.ndarray) -> float | None:
 
 def finite(value) -> float | None:
     """A metric value as a float; None where it is undefined (None, NaN, ±inf) or not a number."""
+    if isinstance(value, (str, bytes)):
+        return None
     try:
         value = float(value)
     except (TypeError, ValueError):

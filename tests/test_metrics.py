@@ -200,3 +200,9 @@ def test_load_predictions_roundtrip_and_errors(tmp_path):
     np.savez(tmp_path / "bad.npz", **bad)
     with pytest.raises(ValueError, match="bad.npz: row 7"):
         metrics.load_predictions(tmp_path / "bad.npz")
+
+
+def test_finite_keeps_numbers_only():
+    assert metrics.finite(np.float32(0.5)) == 0.5 and metrics.finite(3) == 3.0
+    for undefined in (None, float("nan"), float("inf"), "0.5", b"1", [0.5], {"auc": 0.5}):
+        assert metrics.finite(undefined) is None, undefined
