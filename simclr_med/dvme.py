@@ -36,7 +36,7 @@ def _attention_block(tokens, dim, num_heads, mlp_ratio, dropout, name):
     """Pre-LN transformer encoder block as in ViT: x + MHA(LN(x)), then x + MLP(LN(x))."""
     y = layers.LayerNormalization(epsilon=1e-6, name=f"{name}_ln1")(tokens)
     y = layers.MultiHeadAttention(
-        num_heads=num_heads, key_dim=dim // num_heads, name=f"{name}_mha")(y, y)
+        num_heads=num_heads, key_dim=dim // num_heads, dropout=dropout, name=f"{name}_mha")(y, y)
     x = layers.Add(name=f"{name}_res1")([tokens, y])
     y = layers.LayerNormalization(epsilon=1e-6, name=f"{name}_ln2")(x)
     y = layers.Dense(dim * mlp_ratio, activation="gelu", name=f"{name}_mlp1")(y)
@@ -63,6 +63,8 @@ def build_dvme(
 
     Inputs are a list (or dict, when `embedding_dims` is a mapping) of [batch, width_k] arrays;
     the output is [batch, num_classes] softmax probabilities, or sigmoids when `multi_label`.
+    `attention_dropout` applies inside the attention block (attention weights and its MLP),
+    `dropout` before the classifier.
     """
     names = _embedding_names(embedding_dims)
     dims = list(embedding_dims.values()) if isinstance(embedding_dims, Mapping) else list(embedding_dims)
@@ -92,9 +94,23 @@ def build_dvme(
     return keras.Model(model_inputs, outputs, name=name)
 
 
-def _validation_split(labels, multi_label, fraction, rng):
-    """Stratified (multi-class) or random (multi-label) hold-out for early stopping."""
+def masked_binary_crossentropy(targets, probs):
+    """Binary cross-entropy averaged over each row's unmasked labels; `targets` = [labels | mask]."""
+    num_classes = probs.shape[-1]
+    labels, mask = targets[:, :num_classes], targets[:, num_classes:]
+    per_label = keras.ops.binary_crossentropy(labels, probs)
+    return keras.ops.sum(per_label * mask, -1) / keras.ops.maximum(keras.ops.sum(mask, -1), 1.0)
+
+
+def _validation_split(labels, multi_label, fraction, rng, groups=None):
+    """Hold-out for early stopping: whole groups when given (a patient's images on one side, or
+    the validation loss flatters), else stratified (multi-class) or random (multi-label) rows."""
     n = len(labels)
+    if groups is not None:
+        names, index = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+        chosen = rng.permutation(len(names))[: max(1, int(round(len(names) * fraction)))]
+        is_val = np.isin(index, chosen)
+        return np.flatnonzero(~is_val), np.flatnonzero(is_val)
     if multi_label:
         perm = rng.permutation(n)
         n_val = max(1, int(round(n * fraction)))
@@ -117,6 +133,8 @@ def train_dvme(
     *,
     num_classes: int | None = None,
     multi_label: bool = False,
+    label_mask: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
     attention: bool = True,
     validation_fraction: float = 0.1,
     epochs: int = 100,
@@ -130,14 +148,15 @@ def train_dvme(
     """Fit a DVME on frozen embeddings and return (test probabilities, model).
 
     Adam; the learning rate is cut ×0.1 when the held-out loss plateaus and training stops
-    (restoring the best weights) when it no longer improves.
+    (restoring the best weights) when it no longer improves. Multi-label: `label_mask` [N, C]
+    (embeddings.extract's) leaves out the labels it zeroes, e.g. CheXpert's uncertain ones under
+    u_ignore, instead of training them as negatives. `groups` (e.g. the rows' case_ids) keeps
+    each group on one side of the hold-out.
     """
+    if not 0 < validation_fraction < 1:
+        raise ValueError(f"DVME validation_fraction must be in (0, 1), got {validation_fraction}")
     labels = np.asarray(train_labels)
-    if isinstance(train_embeddings, Mapping):
-        dims = {k: int(np.shape(v)[1]) for k, v in train_embeddings.items()}
-    else:
-        dims = [int(np.shape(v)[1]) for v in train_embeddings]
-    names = _embedding_names(dims)
+    names = _embedding_names(train_embeddings)
     train_list = [np.asarray(x, np.float32) for x in _as_list(train_embeddings, names)]
     test_list = [np.asarray(x, np.float32) for x in _as_list(test_embeddings, names)]
     for n, x in zip(names, train_list):
@@ -146,20 +165,31 @@ def train_dvme(
     for n, x, t in zip(names, train_list, test_list):
         if t.ndim != 2 or t.shape[1] != x.shape[1]:
             raise ValueError(f"DVME test embedding {n!r} has shape {t.shape}; expected [N, {x.shape[1]}]")
+    dims = [x.shape[1] for x in train_list]
+    if isinstance(train_embeddings, Mapping):
+        dims = dict(zip(names, dims))
     if multi_label:
-        labels = labels.astype(np.float32)
+        if labels.ndim != 2:
+            raise ValueError(f"DVME multi-label labels have shape {labels.shape}; expected [N, num_classes]")
+        mask = np.ones_like(labels, np.float32) if label_mask is None else np.asarray(label_mask, np.float32)
+        if mask.shape != labels.shape:
+            raise ValueError(f"DVME label_mask has shape {mask.shape}; expected the labels' {labels.shape}")
         num_classes = num_classes or labels.shape[1]
+        targets = np.concatenate([labels.astype(np.float32), mask], axis=1)
     else:
         labels = labels.astype(np.int64)
         num_classes = num_classes or int(labels.max()) + 1
+        targets = labels
+    if groups is not None and len(groups) != len(labels):
+        raise ValueError(f"DVME groups has {len(groups)} entries for {len(labels)} rows")
 
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
-    tr, va = _validation_split(labels, multi_label, validation_fraction, rng)
+    tr, va = _validation_split(labels, multi_label, validation_fraction, rng, groups)
     model = build_dvme(dims, num_classes, multi_label=multi_label, attention=attention, **model_kwargs)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
-        loss="binary_crossentropy" if multi_label else "sparse_categorical_crossentropy",
+        loss=masked_binary_crossentropy if multi_label else "sparse_categorical_crossentropy",
     )
 
     def pick(xs, idx):
@@ -167,8 +197,8 @@ def train_dvme(
         return dict(zip(names, picked)) if isinstance(dims, Mapping) else picked
 
     model.fit(
-        pick(train_list, tr), labels[tr],
-        validation_data=(pick(train_list, va), labels[va]),
+        pick(train_list, tr), targets[tr],
+        validation_data=(pick(train_list, va), targets[va]),
         epochs=epochs, batch_size=batch_size, verbose=verbose, shuffle=True,
         callbacks=[
             keras.callbacks.ReduceLROnPlateau(factor=0.1, patience=max(1, patience // 2)),

@@ -132,8 +132,10 @@ def _saved_model_rows(source: Source, rows: tf.data.Dataset, batch_size: int) ->
         image = row.pop("image")
         parts.append({k: np.asarray(v)[None] for k, v in row.items()})
         pending.setdefault(image.shape, []).append((i, image))
-        if len(pending[image.shape]) == batch_size:
-            flush(image.shape)
+        # At most `batch_size` decoded images wait: with many image sizes (CheXpert widths vary)
+        # groups rarely fill, and waiting for them would hold the whole split in memory.
+        if sum(map(len, pending.values())) >= batch_size:
+            flush(max(pending, key=lambda shape: len(pending[shape])))
     for shape in list(pending):
         flush(shape)
     return parts
@@ -179,6 +181,7 @@ def extract(source: str, dataset: str, split: str, *, data_dir, output: str | No
     src = resolve_source(source, image_size=image_size, resnet_depth=resnet_depth,
                          width_multiplier=width_multiplier)
     key = json.dumps({"source": json.loads(src.fingerprint()), "dataset": dataset, "split": split,
+                      "data_dir": os.path.abspath(data_dir), "manual_dir": manual_dir and os.path.abspath(manual_dir),
                       "label_fraction": label_fraction, "seed": seed,
                       "uncertainty_policy": uncertainty_policy}, sort_keys=True)
     if output and os.path.exists(output):

@@ -96,9 +96,10 @@ def _finetune(cfg: Config, strategy, on_checkpoint=None):
     dataset = _distribute(strategy, lambda ctx: pipelines.supervised_dataset(
         ds, meta, batch_size=cfg.train_batch_size, image_size=cfg.image_size,
         augmentation=cfg.augmentation, training=True, seed=cfg.seed, input_context=ctx))
-    model = _classifier(cfg, strategy, classes, meta.num_examples)
+    # The pipeline yields a case's images as separate examples: an epoch is a pass over the images.
+    model = _classifier(cfg, strategy, classes, meta.num_images)
     _init_if_fresh(cfg, model.encoder)
-    return training.train(model, dataset, model_dir=cfg.model_dir, total_steps=cfg.total_steps(meta.num_examples),
+    return training.train(model, dataset, model_dir=cfg.model_dir, total_steps=cfg.total_steps(meta.num_images),
                           on_checkpoint=on_checkpoint, **_loop_args(cfg)), model
 
 

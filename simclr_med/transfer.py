@@ -54,6 +54,7 @@ SPEC_KEYS = ("description", "base", "inits", "baseline", "tasks", "seeds", "metr
              "early_stopping", "data_dir")
 TABLE_FILE = "transfer_table.json"
 STATE_FILE = "early_stopping.json"
+CELL_FILE = "cell.json"  # the settings a cell was run with
 _HARNESS_FIELDS = ("mode", "model_dir", "seed")  # set per cell by the harness, never by a spec
 
 
@@ -320,9 +321,11 @@ def _early_stopped(cfg: Config, early: EarlyStopping, metric: str | None) -> dic
     _, meta = datasets.load(cfg.dataset, cfg.train_split, data_dir=cfg.data_dir, manual_dir=cfg.manual_dir or None,
                             uncertainty_policy=cfg.uncertainty_policy, label_fraction=cfg.label_fraction,
                             seed=cfg.seed)
+    # Fine-tuning steps through images (a case's images are separate examples), so epochs count images.
     state.update(decision, validation_split=early.validation_split, patience=early.patience,
                  eval_every=cfg.checkpoint_steps, num_train_examples=meta.num_examples,
-                 epochs_to_best=decision["best_step"] * cfg.train_batch_size / meta.num_examples)
+                 num_train_images=meta.num_images,
+                 epochs_to_best=decision["best_step"] * cfg.train_batch_size / meta.num_images)
     _write_json(path, state)
     return state
 
@@ -348,8 +351,27 @@ def _prune(model_dir: str, best_step: int) -> None:
                 os.remove(file)
 
 
+def _check_cell_settings(cfg: Config, early: EarlyStopping | None) -> None:
+    """Records a cell's settings on its first run; refuses to reuse or resume it under other ones,
+    which would put results of two settings in one table. The paths may move with the root."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("model_dir", "data_dir")}
+    settings["early_stopping"] = dataclasses.asdict(early) if early else None
+    path = os.path.join(cfg.model_dir, CELL_FILE)
+    if not os.path.exists(path):
+        os.makedirs(cfg.model_dir, exist_ok=True)
+        _write_json(path, settings)
+        return
+    before = _read_json(path)
+    changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
+    if changed:
+        detail = ", ".join(f"{k}: {before.get(k)!r} -> {settings.get(k)!r}" for k in changed[:3])
+        raise ConfigError(f"{cfg.model_dir} was run with other settings ({detail}); restore the spec, "
+                          "or delete the cell directory to run it anew")
+
+
 def run_cell(cfg: Config, early: EarlyStopping | None, metric: str | None) -> str:
     """Runs one cell unless its result.json exists: "skipped", "done" or "preempted" (SIGTERM)."""
+    _check_cell_settings(cfg, early)
     if os.path.exists(os.path.join(cfg.model_dir, "result.json")):
         return "skipped"
     try:

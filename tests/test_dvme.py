@@ -84,3 +84,36 @@ def test_train_dvme_validates_shapes():
         train_dvme(x, y, [x[0], x[1][:, :5]], epochs=1, **SMALL)
     with pytest.raises(ValueError, match="expects 2 embeddings"):
         train_dvme(x, y, [x[0]], epochs=1, **SMALL)
+
+
+def test_masked_labels_are_not_trained_as_negatives():
+    """u_ignore's uncertain labels are stored as 0 with mask 0: the mask must keep them out of the loss."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 6)).astype("float32")
+    labels = np.ones((300, 2), "float32")  # every label positive...
+    mask = np.ones_like(labels)
+    labels[:, 1], mask[:, 1] = 0.0, 0.0  # ...but label 1 is uncertain everywhere: stored 0, masked
+    probs, _ = train_dvme([x], labels, [x[:20]], multi_label=True, label_mask=mask, epochs=30,
+                          learning_rate=3e-3, seed=0, **SMALL)
+    # Without the mask label 1 is learned as certainly negative; with it, its loss is 0 and it stays put.
+    assert probs[:, 0].min() > 0.9 and probs[:, 1].min() > 0.2, probs[:3]
+
+
+def test_groups_stay_on_one_side_of_the_hold_out():
+    from simclr_med.dvme import _validation_split
+
+    groups = np.repeat([f"patient{i}" for i in range(30)], 4)
+    labels = np.zeros((120, 3))
+    tr, va = _validation_split(labels, True, 0.2, np.random.default_rng(0), groups)
+    assert len(va) == 6 * 4 and not set(groups[tr]) & set(groups[va])
+    assert sorted(np.concatenate([tr, va]).tolist()) == list(range(120))
+
+
+def test_bad_multi_label_inputs_are_rejected():
+    x = [np.zeros((10, 4), "float32")]
+    with pytest.raises(ValueError, match="label_mask"):
+        train_dvme(x, np.zeros((10, 3)), x, multi_label=True, label_mask=np.ones((10, 2)), epochs=1, **SMALL)
+    with pytest.raises(ValueError, match="validation_fraction"):
+        train_dvme(x, np.zeros(10), x, validation_fraction=1.0, epochs=1, **SMALL)
+    with pytest.raises(ValueError, match="train embedding"):
+        train_dvme([np.zeros(10, "float32")], np.zeros(10), x, epochs=1, **SMALL)

@@ -68,6 +68,11 @@ def test_cache_is_reused_and_replaced_when_stale(trained, monkeypatch):
     assert len(calls) == 1 and len(other["embeddings"]) != len(first["embeddings"])
     assert len(embeddings.load_cache(out)["embeddings"]) == len(other["embeddings"])
 
+    # The same dataset name built elsewhere (another download or data_dir) is other data.
+    embeddings.extract(trained["run"], "demo", "validation", data_dir=str(trained["root"] / "tfds_copy"),
+                       batch_size=16, output=out)
+    assert len(calls) == 2
+
 
 def test_cli_output_feeds_linear_protocol_and_dvme(trained, capsys):
     path = str(trained["root"] / "cli_validation.npz")
@@ -90,3 +95,28 @@ def test_bad_sources_give_one_line_errors(trained, tmp_path, capsys):
     assert embeddings.main(["--source", str(tmp_path), "--dataset", "demo", "--split", "test",
                             "--data_dir", trained["data_dir"], "--output", str(tmp_path / "x.npz")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_saved_model_source_never_holds_more_than_a_batch(monkeypatch):
+    """Images of many sizes (CheXpert's widths vary) are served before the split ends: a batch waits at most."""
+    import tensorflow as tf
+
+    sizes, batch_size = [(8, 8), (8, 12), (8, 16)], 4
+    images = [np.full(sizes[i % 3] + (3,), i, np.uint8) for i in range(12)]  # pixel value = row index
+    rows = tf.data.Dataset.from_tensor_slices({"image": [tf.io.encode_png(im).numpy() for im in images],
+                                               "image_ids": [f"im{i}" for i in range(12)]})
+    calls = []
+
+    def serve(images):
+        calls.append(images[:, 0, 0, 0].numpy().tolist())
+        return {"embedding": tf.cast(images[:, :1, 0, 0], tf.float32)}
+
+    monkeypatch.setattr(tf.saved_model, "load", lambda path: type("M", (), {"signatures": {"serving_default": serve}}))
+    parts = embeddings._saved_model_rows(embeddings.Source("saved_model", "x", None, None, None), rows, batch_size)
+
+    assert [float(p["embeddings"][0, 0]) for p in parts] == list(range(12))  # every row, in order
+    served = 0
+    for call in calls:
+        assert len(call) <= batch_size
+        assert max(call) + 1 - served <= batch_size, calls  # rows read but not yet served
+        served += len(call)

@@ -7,7 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import pytest
 import tensorflow as tf
 
-from simclr_med import checkpoints, experiment, transfer
+from simclr_med import checkpoints, datasets, experiment, transfer
 from simclr_med.config import Config
 from simclr_med.errors import CheckpointError, ConfigError
 
@@ -94,6 +94,9 @@ def test_harness_table_ttest_early_stopping_and_resume(tmp_path, monkeypatch):
 
     cells = [transfer.cell_dir(root, "demo", i, s) for i in ("random", "continual") for s in (0, 1)]
     assert sorted(table["ran"]) == sorted(cells)
+    ds, _ = datasets.load("demo", "train", data_dir=data_dir)
+    train_images = sum(int(tf.size(case["images"])) for case in ds)
+    assert train_images > DEMO_TRAIN_CASES  # cases of 1-4 images
     assert loaded == [source, source]  # the two continual cells, and nothing else, start from it
     with open(os.path.join(root, transfer.TABLE_FILE)) as f:
         assert json.load(f)["rows"] == table["rows"]
@@ -114,7 +117,7 @@ def test_harness_table_ttest_early_stopping_and_resume(tmp_path, monkeypatch):
         assert [s for s, _ in history] == [3, 6, 9][:len(history)]
         assert state["best_step"] == transfer.stopping_point(history, 2)["best_step"]
         assert state["best_value"] == max(v for _, v in history)
-        assert state["epochs_to_best"] == pytest.approx(state["best_step"] * 8 / DEMO_TRAIN_CASES)
+        assert state["epochs_to_best"] == pytest.approx(state["best_step"] * 8 / train_images)  # steps go by image
         assert result["global_step"] == state["best_step"]  # the test score is the best checkpoint's
         kept = {int(p.rsplit("-", 1)[1]) for p in tf.train.get_checkpoint_state(cell).all_model_checkpoint_paths}
         assert kept == {state["best_step"], state["stop_step"]}
@@ -130,6 +133,11 @@ def test_harness_table_ttest_early_stopping_and_resume(tmp_path, monkeypatch):
     assert again["ran"] == [cells[0]] and modes == ["eval"]
     assert all(os.path.getmtime(os.path.join(c, "result.json")) == mtimes[c] for c in cells[1:])
     assert again["rows"] == table["rows"]
+
+    # A changed spec does not reuse cells run under the old one: the table would mix the two.
+    spec["tasks"]["demo"]["train_steps"] = 12
+    with pytest.raises(ConfigError, match=r"seed0 was run with other settings \(train_steps: 9 -> 12\)"):
+        transfer.run(spec, root)
 
 
 def test_early_stopping_stops_training_and_resumes_with_its_history(tmp_path, monkeypatch):
