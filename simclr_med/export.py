@@ -4,7 +4,8 @@ The signature takes a batch of uint8 RGB images of any size, applies the same ev
 preprocessing as training-time evaluation, and returns class probabilities and the encoder
 embedding (the embedding alone for a pretraining run). `keras.export.ExportArchive` tracks every
 Keras 3 variable explicitly, which the TF1-style loader of TF Serving (and `saved_model_cli
-run`) needs to find them.
+run`) needs to find them. Images are uint8, what clients send: 16-bit sources lose their low
+bits, which evaluation (full-precision decoding) keeps.
 """
 from __future__ import annotations
 

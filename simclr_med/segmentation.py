@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import keras
 import tensorflow as tf
@@ -28,6 +29,19 @@ def _builder(data_dir: str, manual_dir: str | None) -> SegMasks:
             raise DataError(f"{manual_dir}: manual dir not found (expected images/ and masks/ in it)")
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     return builder
+
+
+def check_mask_classes(data_dir: str, num_classes: int) -> None:
+    """Fails naming the mask whose values do not fit `num_classes`: out-of-range indices would be
+    dropped by the one-hot Dice silently, and binary training would merge classes into foreground."""
+    builder = _builder(data_dir, None)
+    for split in builder.info.splits:
+        ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+        for name, top in ds.map(lambda ex: (ex["name"], tf.reduce_max(ex["mask"]))).as_numpy_iterator():
+            if top >= max(num_classes, 2):
+                hint = "binary masks hold 0/255 or 0/1" if num_classes == 1 else "class indices start at 0"
+                raise DataError(f"masks/{name.decode()}.png holds class {top}, but num_classes={num_classes} "
+                                f"(pass --num_classes={top + 1}; {hint})")
 
 
 def num_examples(split: str, data_dir: str, manual_dir: str | None = None) -> int:
@@ -97,6 +111,8 @@ def train_segmentation(
     if image_size % 32:
         raise ConfigError(f"image_size={image_size} must be divisible by 32 for the U-Net")
     keras.utils.set_random_seed(seed)
+    _builder(data_dir, manual_dir)
+    check_mask_classes(data_dir, num_classes)
     train_ds = load_segmentation("train", data_dir, manual_dir, image_size, batch_size, training=True,
                                  num_classes=num_classes, seed=seed)
     test_ds = load_segmentation("test", data_dir, None, image_size, batch_size, training=False,
@@ -150,6 +166,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--train_steps", type=int, default=1000)
     p.add_argument("--learning_rate", type=float, default=1e-3)
+    p.add_argument("--num_classes", type=int, default=1, help="1: binary (foreground vs background); else class indices")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:
@@ -157,9 +174,9 @@ def main(argv=None) -> int:
             data_dir=args.data_dir, manual_dir=args.manual_dir, depth=args.resnet_depth,
             width_multiplier=args.width_multiplier, image_size=args.image_size, batch_size=args.batch_size,
             steps=args.train_steps, learning_rate=args.learning_rate, encoder_checkpoint=args.encoder_checkpoint,
-            model_dir=args.model_dir, seed=args.seed, verbose=1)
+            model_dir=args.model_dir, num_classes=args.num_classes, seed=args.seed, verbose=1)
     except SimclrMedError as e:
-        print(f"simclr-med: error: {e}")
+        print(f"simclr-med: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result))
     return 0

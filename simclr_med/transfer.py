@@ -491,6 +491,9 @@ def format_table(table: dict) -> str:
     widths = [max(len(x) for x in col) for col in zip(header, *lines)]
     out = [table["description"]] if table["description"] else []
     out += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *lines]]
+    if table["baseline"]:
+        out.append(f"p: independent two-sample t-test against {table['baseline']} over the seeds; "
+                   "* p < 0.05, not adjusted for the number of comparisons")
     return "\n".join(out)
 
 

@@ -106,7 +106,7 @@ def test_harness_table_ttest_early_stopping_and_resume(tmp_path, monkeypatch):
     p = rows["continual"]["ttest"]["p_value"]
     assert isinstance(p, float) and 0.0 <= p <= 1.0
     text = transfer.format_table(table)
-    assert "Δ vs random" in text and "continual" in text
+    assert "Δ vs random" in text and "continual" in text and "not adjusted" in text
 
     for cell in cells:
         with open(os.path.join(cell, transfer.STATE_FILE)) as f:

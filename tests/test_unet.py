@@ -14,7 +14,8 @@ import keras
 from simclr_med.errors import CheckpointError, DataError
 from simclr_med.fixtures_seg import write_seg_fixture
 from simclr_med.resnet import build_resnet, stage_output_names
-from simclr_med.segmentation import load_pretrained_encoder, load_segmentation, train_segmentation
+from simclr_med import segmentation
+from simclr_med.segmentation import check_mask_classes, load_pretrained_encoder, load_segmentation, train_segmentation
 from simclr_med.unet import Dice, DiceLoss, UNet, dice_coefficient, load_encoder_weights
 from tfds_builders.seg_masks import SegMasks, SegMasksError
 
@@ -247,3 +248,21 @@ def test_train_segmentation_end_to_end(seg_data, tmp_path):
     assert any(not np.array_equal(a, b) for a, b in zip(fresh.encoder.get_weights(), encoder.get_weights()))
     with pytest.raises(CheckpointError, match="directory holds no checkpoint"):
         load_pretrained_encoder(fresh, str(tmp_path))
+
+
+def test_masks_beyond_num_classes_name_the_file(tmp_path, capsys):
+    manual = tmp_path / "manual"
+    write_seg_fixture(str(manual), num_images=4, size=32)
+    mask = np.zeros((32, 48), np.uint8)
+    mask[:8], mask[8:16] = 1, 2  # class indices 0..2, not 0/255
+    Image.fromarray(mask).save(manual / "masks" / "case002.png")
+    _build(manual, tmp_path)
+    data_dir = str(tmp_path / "data")
+    for num_classes in (1, 2):  # binary would merge classes 1 and 2; 2 classes would drop class 2
+        with pytest.raises(DataError, match=r"masks/case002\.png holds class 2, but num_classes=.*--num_classes=3"):
+            check_mask_classes(data_dir, num_classes)
+    check_mask_classes(data_dir, 3)
+    assert segmentation.main(["--manual_dir", str(manual), "--data_dir", data_dir, "--model_dir",
+                              str(tmp_path / "run"), "--image_size", "32", "--resnet_depth", "18"]) == 2
+    captured = capsys.readouterr()
+    assert "case002.png holds class 2" in captured.err and captured.err.count("\n") == 1
