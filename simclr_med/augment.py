@@ -324,10 +324,12 @@ def get_preset(name: str) -> Preset:
 def _photometric(views, u, photometric, strength):
     """All views of one image in one XLA call (one launch instead of hundreds of small ops).
 
-    A map over the views, so that XLA compiles the per-view code once.
+    A map over the views, so that XLA compiles the per-view code once. The final clip holds
+    [0, 1] against rounding (a blur's weights sum to 1 only up to float error).
     """
-    return tf.map_fn(lambda args: photometric(args[0], args[1], strength), (views, u),
-                     fn_output_signature=tf.TensorSpec(views.shape[1:], tf.float32))
+    views = tf.map_fn(lambda args: photometric(args[0], args[1], strength), (views, u),
+                      fn_output_signature=tf.TensorSpec(views.shape[1:], tf.float32))
+    return tf.clip_by_value(views, 0.0, 1.0)
 
 
 def augment_images(images, preset: str, image_size: int, seed, views_per_image: int = 1,

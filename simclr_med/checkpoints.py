@@ -3,7 +3,8 @@
 A run's state is `tf.train.Checkpoint(model=..., optimizer=...)`, saved by a
 `tf.train.CheckpointManager` as `model_dir/ckpt-<step>`. TensorFlow writes the data and index
 files before it atomically rewrites the `checkpoint` state file, so a run killed mid-write
-still points at its last complete checkpoint; the orphaned pieces are removed on resume.
+still points at its last complete checkpoint; on resume, the pieces of an unfinished save are
+removed and a finished but unlisted checkpoint is listed.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import glob
 import logging
 import os
 import shutil
+import time
 
 import keras
 import tensorflow as tf
@@ -30,22 +32,78 @@ def global_step(optimizer) -> int:
 
 
 def make_manager(model: keras.Model, model_dir: str, max_to_keep: int) -> tf.train.CheckpointManager:
+    """The run's checkpoint manager, after `_settle_unlisted` (the manager reads the state file once)."""
+    _settle_unlisted(model_dir)
     ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
     return tf.train.CheckpointManager(ckpt, model_dir, max_to_keep=max_to_keep, checkpoint_name="ckpt")
 
 
-def _remove_orphans(manager: tf.train.CheckpointManager) -> None:
-    """Deletes files of checkpoints that a killed save left behind and the state file never listed."""
-    listed = {os.path.basename(p) for p in manager.checkpoints}
-    for path in glob.glob(os.path.join(manager.directory, "ckpt-*")):
-        prefix = os.path.basename(path).split(".index")[0].split(".data-")[0]
-        if prefix.endswith("_temp") or "_temp" in os.path.basename(path):
+def write_state(model_dir: str, names: list[str]) -> None:
+    """Rewrites the `checkpoint` state file to list `names` (relative, the last one the newest).
+
+    With timestamps: a CheckpointManager only manages (and resumes from) the listed checkpoints
+    whose timestamps are later than the state's `last_preserved_timestamp`.
+    """
+    state = tf.train.get_checkpoint_state(model_dir)
+    now = time.time()
+    last_preserved = state.last_preserved_timestamp if state else now - 1.0
+    stamps = dict(zip(map(os.path.basename, state.all_model_checkpoint_paths),
+                      state.all_model_checkpoint_timestamps)) if state else {}
+    logger, level = tf.get_logger(), tf.get_logger().level
+    logger.setLevel("ERROR")  # the compat.v1 function announces its deprecation
+    try:
+        tf.compat.v1.train.update_checkpoint_state(
+            model_dir, names[-1], all_model_checkpoint_paths=names,
+            all_model_checkpoint_timestamps=[max(stamps.get(n, now), last_preserved + 1e-3) for n in names],
+            last_preserved_timestamp=last_preserved)
+    finally:
+        logger.setLevel(level)
+
+
+def _step_of(prefix: str) -> int:
+    return int(prefix.rsplit("-", 1)[1]) if prefix.rsplit("-", 1)[-1].isdigit() else -1
+
+
+def _settle_unlisted(model_dir: str) -> None:
+    """Tidies what a killed save left behind, before anything reads the state file.
+
+    A save writes the checkpoint's files, then lists it in the state file. Killed in between, the
+    newest checkpoint is complete but unlisted: it is listed now, so no finished step is lost
+    (one that proves unreadable is skipped by `restore_latest`). Everything else unlisted, and
+    the temporary files of a save killed earlier, is removed.
+    """
+    state = tf.train.get_checkpoint_state(model_dir) if os.path.isdir(model_dir) else None
+    listed = [os.path.basename(p) for p in state.all_model_checkpoint_paths] if state else []
+    files = {}
+    for path in glob.glob(os.path.join(model_dir, "ckpt-*")):
+        name = os.path.basename(path)
+        if "_temp" in name:
             shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
-        elif prefix not in listed:
+        else:
+            files.setdefault(name.split(".index")[0].split(".data-")[0], []).append(path)
+    for path in glob.glob(os.path.join(model_dir, "checkpoint.tmp*")):  # state file never renamed
+        os.remove(path)
+    unlisted = sorted((p for p in files if p not in listed), key=_step_of)
+    newest_listed = max(map(_step_of, listed), default=-1)
+    if unlisted and _step_of(unlisted[-1]) > newest_listed and _complete(os.path.join(model_dir, unlisted[-1])):
+        adopted = unlisted.pop()
+        log.warning("listing checkpoint %s, written but not listed when the run was killed", adopted)
+        write_state(model_dir, listed + [adopted])
+    for prefix in unlisted:
+        for path in files[prefix]:
             log.warning("removing incomplete checkpoint file %s", path)
             os.remove(path)
-    for path in glob.glob(os.path.join(manager.directory, "checkpoint.tmp*")):  # state file never renamed
-        os.remove(path)
+
+
+def _complete(prefix: str) -> bool:
+    """Whether a checkpoint's index and data files are there and its index reads."""
+    if not os.path.exists(prefix + ".index") or not glob.glob(prefix + ".data-*"):
+        return False
+    try:
+        tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+        return True
+    except (tf.errors.OpError, ValueError):
+        return False
 
 
 # A checkpoint whose files are missing or cut short (TF reports the latter as IndexError).
@@ -60,7 +118,6 @@ def restore_latest(manager: tf.train.CheckpointManager) -> int:
     is an error, and so is a run none of whose listed checkpoints can be read — never a silent
     restart from step 0.
     """
-    _remove_orphans(manager)
     unreadable = []
     for path in reversed(manager.checkpoints):
         try:

@@ -95,6 +95,9 @@ class Config:
         need(1 <= self.width_multiplier <= 4, f"--width_multiplier={self.width_multiplier} must be between 1 and 4")
         need(self.num_proj_layers >= 1, "--num_proj_layers must be >= 1")
         need(self.temperature > 0, f"--temperature={self.temperature} must be > 0")
+        # Contrast and saturation factors are drawn from [1 - 0.8·s, 1 + 0.8·s]: beyond 1.25 they invert images.
+        need(0 <= self.color_jitter_strength <= 1.25,
+             f"--color_jitter_strength={self.color_jitter_strength} must be in [0, 1.25]")
         need(self.optimizer in ("lars", "sgd", "adam"), f"--optimizer={self.optimizer!r} is not one of lars, sgd, adam")
         need(self.learning_rate_scaling in ("linear", "sqrt", "none"), f"--learning_rate_scaling={self.learning_rate_scaling!r} is not one of linear, sqrt, none")
         need(self.train_batch_size >= 1, "--train_batch_size must be >= 1")

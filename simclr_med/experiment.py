@@ -51,10 +51,10 @@ def _pretrain(cfg: Config, strategy, on_checkpoint=None) -> dict:
         raise DataError(f"--method=micle needs cases with several images, but every example of "
                         f"{cfg.dataset}/{cfg.train_split} has one image; use --method=simclr")
     num_examples = meta.num_examples if cfg.method == "micle" else meta.num_images
-    dataset = _distribute(strategy, lambda ctx: pipelines.pretrain_dataset(
+    dataset = lambda start_step: _distribute(strategy, lambda ctx: pipelines.pretrain_dataset(  # noqa: E731
         ds, method=cfg.method, batch_size=cfg.train_batch_size, image_size=cfg.image_size,
         augmentation=cfg.augmentation, color_jitter_strength=cfg.color_jitter_strength,
-        seed=cfg.seed, input_context=ctx))
+        seed=cfg.seed, start_step=start_step, input_context=ctx))
     with strategy.scope():
         model = build.contrastive_model(cfg, num_train_examples=num_examples,
                                         num_replicas=strategy.num_replicas_in_sync)
@@ -93,9 +93,9 @@ def _classifier(cfg: Config, strategy, classes: dict, num_examples: int):
 def _finetune(cfg: Config, strategy, on_checkpoint=None):
     ds, meta = _load(cfg, cfg.dataset, cfg.train_split, cfg.label_fraction)
     classes = _classes(cfg, meta)
-    dataset = _distribute(strategy, lambda ctx: pipelines.supervised_dataset(
-        ds, meta, batch_size=cfg.train_batch_size, image_size=cfg.image_size,
-        augmentation=cfg.augmentation, training=True, seed=cfg.seed, input_context=ctx))
+    dataset = lambda start_step: _distribute(strategy, lambda ctx: pipelines.supervised_dataset(  # noqa: E731
+        ds, meta, batch_size=cfg.train_batch_size, image_size=cfg.image_size, augmentation=cfg.augmentation,
+        training=True, seed=cfg.seed, start_step=start_step, input_context=ctx))
     # The pipeline yields a case's images as separate examples: an epoch is a pass over the images.
     model = _classifier(cfg, strategy, classes, meta.num_images)
     _init_if_fresh(cfg, model.encoder)

@@ -7,11 +7,14 @@ cases and batches at the per-replica batch size.
 Augmentation seeds come from a counter taken after `repeat()`, so every epoch draws new crops
 (and new MICLe pairs) while a fixed `seed` reproduces the same stream; because the counter
 travels with the data, the parallel map may finish out of order without changing any view.
+A run that resumes at `start_step` > 0 draws another stream (shuffle order and augmentations):
+restarting the same one would train again on the data of its first steps after every restart.
 Training pipelines augment small groups of MICRO_BATCH examples per map call (then `rebatch`),
 which spreads tf.data's and XLA's per-call overhead (~10% less CPU per view at 64 px).
 """
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from simclr_med import augment, bags
@@ -22,7 +25,7 @@ SHUFFLE_BATCHES = 10  # shuffle buffer, in batches (as the SimCLR reference); at
 
 
 def pretrain_dataset(ds: tf.data.Dataset, *, method: str, batch_size: int, image_size: int, augmentation: str,
-                     color_jitter_strength: float = 1.0, seed: int = 0,
+                     color_jitter_strength: float = 1.0, seed: int = 0, start_step: int = 0,
                      input_context: tf.distribute.InputContext | None = None,
                      with_ids: bool = False, deterministic: bool = False) -> tf.data.Dataset:
     """Infinite, shuffled batches {"view1", "view2"}: float32 [B, S, S, 3] in [0, 1].
@@ -39,6 +42,7 @@ def pretrain_dataset(ds: tf.data.Dataset, *, method: str, batch_size: int, image
     augment.get_preset(augmentation)
     _require(ds, ("images", "image_ids"), "pretrain_dataset")
     ds, batch_size, pipeline_id = _shard(ds, batch_size, input_context)
+    seed = _stream_seed(seed, start_step)
     ds = ds.map(lambda e: {"images": e["images"], "image_ids": e["image_ids"]})
     if method == "simclr":
         ds = ds.unbatch()
@@ -68,12 +72,13 @@ def pretrain_dataset(ds: tf.data.Dataset, *, method: str, batch_size: int, image
             result.update(id1=id1, id2=id2)
         return result
 
-    ds = ds.map(views, num_parallel_calls=tf.data.AUTOTUNE)
-    return _finish(ds.rebatch(batch_size, drop_remainder=True), deterministic=deterministic)
+    ds = ds.map(views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    return _finish(ds.rebatch(batch_size, drop_remainder=True))
 
 
 def supervised_dataset(ds: tf.data.Dataset, meta, *, batch_size: int, image_size: int, augmentation: str,
-                       training: bool, seed: int = 0, input_context: tf.distribute.InputContext | None = None,
+                       training: bool, seed: int = 0, start_step: int = 0,
+                       input_context: tf.distribute.InputContext | None = None,
                        with_ids: bool = False) -> tf.data.Dataset:
     """Batches {"image": float32 [B, S, S, 3], "label": int64 [B]} or {"image", "labels", "label_mask"}.
 
@@ -101,8 +106,9 @@ def supervised_dataset(ds: tf.data.Dataset, meta, *, batch_size: int, image_size
     if not training:
         ds = ds.map(lambda e: {**e, "image": augment.augment(e["image"], "none", image_size, [0, 0])},
                     num_parallel_calls=tf.data.AUTOTUNE)
-        return _finish(ds.batch(batch_size), deterministic=True)
+        return _finish(ds.batch(batch_size))
 
+    seed = _stream_seed(seed, start_step)
     ds = _shuffle_repeat(ds, batch_size, seed).batch(MICRO_BATCH, drop_remainder=True).enumerate()
 
     def augmented(index, group):
@@ -110,8 +116,8 @@ def supervised_dataset(ds: tf.data.Dataset, meta, *, batch_size: int, image_size
         images = augment.augment_images(group["image"], augmentation, image_size, key)
         return {**group, "image": images}
 
-    ds = ds.map(augmented, num_parallel_calls=tf.data.AUTOTUNE)
-    return _finish(ds.rebatch(batch_size, drop_remainder=True), deterministic=False)
+    ds = ds.map(augmented, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    return _finish(ds.rebatch(batch_size, drop_remainder=True))
 
 
 def _require(ds, keys, caller):
@@ -121,6 +127,10 @@ def _require(ds, keys, caller):
         have = ", ".join(sorted(spec)) if isinstance(spec, dict) else type(spec).__name__
         raise ValueError(f"{caller}: input elements lack {', '.join(missing)} (have: {have}); "
                          "expected the case dicts of simclr_med.datasets")
+    for key in ("images", "image_ids"):
+        if key in keys and (spec[key].dtype != tf.string or spec[key].shape.rank != 1):
+            raise ValueError(f"{caller}: {key!r} is {spec[key].dtype.name} of shape {spec[key].shape}; expected "
+                             "a 1-D string tensor (a case's encoded images and their ids)")
 
 
 def _shard(ds, batch_size, input_context):
@@ -138,13 +148,21 @@ def _shuffle_repeat(ds, batch_size, seed):
     return ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
 
 
+def _stream_seed(seed: int, start_step: int) -> int:
+    """The seed of the input stream of a run that starts at `start_step` (`seed` itself at 0)."""
+    if start_step == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, start_step]).generate_state(1)[0])
+
+
 def _group_seed(seed, pipeline_id, index):
     """A stateless seed unique to (seed, input pipeline, group counter)."""
     return tf.random.experimental.stateless_fold_in(tf.constant([seed, pipeline_id], tf.int64), index)
 
 
-def _finish(ds, *, deterministic):
+def _finish(ds):
+    # Out-of-order completion only in the augmentation maps (their deterministic=): upstream of
+    # `shard`, an order that differs between hosts would give two hosts a case and another none.
     options = tf.data.Options()
-    options.deterministic = deterministic
     options.experimental_optimization.map_parallelization = True
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)

@@ -64,6 +64,7 @@ class StepCheckpoint(keras.callbacks.Callback):
         self.last_saved = None
         self.preempted = False
         self._previous_handler = None
+        self._handling = False
 
     def _on_sigterm(self, signum, frame):
         self.preempted = True
@@ -71,6 +72,12 @@ class StepCheckpoint(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.last_saved = _step(self.model)
         self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._handling = True
+
+    def restore_signal_handler(self):
+        if self._handling:
+            signal.signal(signal.SIGTERM, self._previous_handler or signal.SIG_DFL)
+            self._handling = False
 
     def save(self):
         step = _step(self.model)
@@ -89,7 +96,7 @@ class StepCheckpoint(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.save()
-        signal.signal(signal.SIGTERM, self._previous_handler or signal.SIG_DFL)
+        self.restore_signal_handler()
 
 
 class ScalarLogger(keras.callbacks.Callback):
@@ -140,6 +147,8 @@ def train(
 ) -> dict:
     """Trains a compiled model from its latest checkpoint in `model_dir` up to `total_steps`.
 
+    `dataset`: the input, or a function of the step training starts from that makes it (so that
+    a resumed run can draw a new stream instead of replaying the one it started with).
     `on_checkpoint(model, step)` runs after every checkpoint; returning True stops training there.
 
     Returns {"start_step", "final_step", "preempted", "history"}.
@@ -162,9 +171,14 @@ def train(
         ScalarLogger(os.path.join(model_dir, "train"), log_steps),
         history,
     ]
+    if callable(dataset):
+        dataset = dataset(start)
     log.info("training %s from step %d to %d", model_dir, start, total_steps)
-    model.fit(dataset, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=chunk,
-              callbacks=callbacks, verbose=verbose)
+    try:
+        model.fit(dataset, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=chunk,
+                  callbacks=callbacks, verbose=verbose)
+    finally:  # Keras skips on_train_end when a callback raises (a non-finite loss)
+        saver.restore_signal_handler()
     final = _step(model)
     if saver.preempted:
         log.warning("SIGTERM: saved checkpoint at step %d; rerun the same command to resume", final)

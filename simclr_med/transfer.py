@@ -338,13 +338,8 @@ def _prune(model_dir: str, best_step: int) -> None:
     """Drops the checkpoints the stopping rule no longer needs: all but the best and the last."""
     entries = _checkpoint_steps(model_dir)
     kept = [p for s, p in entries if s == best_step or p == entries[-1][1]]
-    names = [os.path.basename(p) for p in kept]  # relative, as CheckpointManager writes them
-    logger, level = tf.get_logger(), tf.get_logger().level
-    logger.setLevel("ERROR")  # the compat.v1 function announces its deprecation
-    try:  # the state file first, so it never lists a deleted checkpoint
-        tf.compat.v1.train.update_checkpoint_state(model_dir, names[-1], all_model_checkpoint_paths=names)
-    finally:
-        logger.setLevel(level)
+    # The state file first, so it never lists a deleted checkpoint.
+    checkpoints.write_state(model_dir, [os.path.basename(p) for p in kept])
     for _, prefix in entries:
         if prefix not in kept:
             for file in glob.glob(prefix + ".*"):

@@ -158,6 +158,14 @@ def test_colour_jitter_parameters_and_their_effects():
     assert strong.min() >= 0.0 and strong.max() <= 1.0 and not np.allclose(strong, image.numpy(), atol=0.05)
 
 
+def test_saturated_images_stay_in_unit_range_through_blur():
+    """A blur's float weights sum to 1 only up to rounding: white pixels came out at 1.0000002."""
+    white = tf.io.encode_png(np.full((96, 96, 3), 255, np.uint8))
+    for s in range(10):
+        views = augment.augment_images([white] * 4, "simclr", 64, tf.constant([s, 1], tf.int64), 2)
+        assert float(tf.reduce_max(views)) <= 1.0 and float(tf.reduce_min(views)) >= 0.0
+
+
 def test_jitter_order_matters_because_each_step_is_clipped():
     image = tf.constant(_colourful(16, 16) / 255.0, tf.float32)
     strengths = [1.0, 0.0, 0.5, 0.5]  # brightness ×1.8, contrast ×0.2

@@ -49,6 +49,7 @@ The bad inputs covered, where, and what each must say (``*``: tested in another 
 35  --method=micle on chexpert_v1 (no bags)          "--method=micle needs cases with several images"
 36  --method=micle --train_mode=finetune             "--method=micle only applies to ... pretrain"
 37  --label_fraction=0                               "--label_fraction=0.0 must be in (0, 1]"
+    --color_jitter_strength=1.5 (inverts images)     "--color_jitter_strength=1.5 must be in [0, 1.25]"
 38  unknown --augmentation                           "--augmentation: unknown augmentation 'fancy'"
 39  unknown dataset name                            "unknown dataset 'imagenet'; valid names: ..."
 40  --mode=eval with no checkpoint (both kinds)      "no checkpoint to evaluate" / "classes.json missing"
@@ -479,6 +480,8 @@ def test_contradictory_flags(generic):
     assert "--method=micle only applies to --train_mode=pretrain" in run_error(
         root, manual, ConfigError, method="micle", train_mode="finetune")
     assert "--label_fraction=0.0 must be in (0, 1]" in run_error(root, manual, ConfigError, label_fraction=0.0)
+    assert "--color_jitter_strength=1.5 must be in [0, 1.25]" in run_error(root, manual, ConfigError,
+                                                                             color_jitter_strength=1.5)
     assert "--augmentation: unknown augmentation 'fancy'; expected one of simclr" in run_error(
         root, manual, ConfigError, augmentation="fancy")
     assert "unknown dataset 'imagenet'; valid names: demo, derm_cases/generic" in run_error(

@@ -27,7 +27,8 @@ def _bag_dataset(sizes, px=24):
 
 def _pairs(ds, method, batches, batch_size=4, seed=0):
     it = iter(pipelines.pretrain_dataset(ds, method=method, batch_size=batch_size, image_size=16,
-                                         augmentation="crop_only", seed=seed, with_ids=True))
+                                         augmentation="crop_only", seed=seed, with_ids=True,
+                                         deterministic=True))
     out = []
     for _ in range(batches):
         b = next(it)

@@ -141,7 +141,30 @@ def test_input_pipelines_read_disjoint_cases_at_the_per_replica_batch_size(metho
     assert seen[0] and seen[1] and not seen[0] & seen[1]
 
 
+@pytest.mark.parametrize("method", ["simclr", "micle"])
+def test_a_resumed_run_draws_another_stream(method):
+    """Restarting the stream of step 0 after each restart would train on the first steps' data again."""
+    def run(start_step):
+        return take(pipelines.pretrain_dataset(
+            cases([2, 3, 1, 2, 2, 1]), method=method, batch_size=4, image_size=SIZE, augmentation="simclr",
+            seed=7, start_step=start_step, with_ids=True, deterministic=True), 2)
+
+    fresh, resumed, again = run(0), run(5), run(5)
+    for a, b in zip(resumed, again):
+        tf.nest.map_structure(np.testing.assert_array_equal, a, b)
+    assert not any(np.array_equal(a["view1"], b["view1"]) for a, b in zip(fresh, resumed))
+
+    def supervised(start_step):
+        return take(pipelines.supervised_dataset(cases([2, 3, 1, 2]), meta(), batch_size=4, image_size=SIZE,
+                                                 augmentation="simclr", training=True, seed=7,
+                                                 start_step=start_step), 1)[0]["image"]
+    assert not np.array_equal(supervised(0), supervised(5))
+
+
 def test_missing_fields_are_a_clear_error():
+    decoded = tf.data.Dataset.from_tensors({"images": tf.zeros([1, 8, 8, 3], tf.uint8), "image_ids": [b"a"]})
+    with pytest.raises(ValueError, match="'images' is uint8 of shape .*expected a 1-D string tensor"):
+        pipelines.pretrain_dataset(decoded, method="micle", batch_size=2, image_size=SIZE, augmentation="simclr")
     images_only = tf.data.Dataset.from_tensors({"images": tf.constant([b"x"])})
     with pytest.raises(ValueError, match="lack image_ids"):
         pipelines.pretrain_dataset(images_only, method="simclr", batch_size=2, image_size=SIZE, augmentation="simclr")

@@ -110,6 +110,25 @@ def test_resume_removes_remains_of_killed_saves_and_skips_unreadable_checkpoints
         checkpoints.restore_latest(checkpoints.make_manager(tiny_model(tmp_path), str(tmp_path), 3))
 
 
+def test_a_finished_but_unlisted_checkpoint_is_kept(tmp_path, caplog):
+    """Killed between writing a checkpoint's files and listing it: that step is not thrown away."""
+    model = tiny_model(tmp_path)
+    manager = checkpoints.make_manager(model, str(tmp_path), max_to_keep=3)
+    for step in (2, 4):
+        model.optimizer.iterations.assign(step)
+        model.encoder.weights[0].assign(model.encoder.weights[0] + 1.0)
+        manager.save(checkpoint_number=step)
+    checkpoints.write_state(str(tmp_path), ["ckpt-2"])  # the state file as it was before ckpt-4 was listed
+
+    fresh = tiny_model(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="simclr_med.checkpoints"):
+        assert checkpoints.restore_latest(checkpoints.make_manager(fresh, str(tmp_path), 3)) == 4
+    assert any("listing checkpoint ckpt-4" in r.message for r in caplog.records)
+    for a, b in zip(encoder_weights(model), encoder_weights(fresh)):
+        np.testing.assert_array_equal(a, b)
+    assert check_listed(tmp_path, sweeping_allowed=False) == 4
+
+
 # --- slow: a real run.py killed again and again ---------------------------------------------------
 
 TOTAL_STEPS = 40  # room left for phase 4 after phase 3's random kill (a step is ~0.1 s)
@@ -155,6 +174,22 @@ def _files(model_dir, pattern):
     return set(glob.glob(str(model_dir / pattern)))
 
 
+def resume_step(model_dir) -> int:
+    """Where a restart must resume: the newest listed checkpoint, or a newer one whose save was
+    killed after its files were complete but before the state file listed it."""
+    newest = check_listed(model_dir, sweeping_allowed=True)
+    for index in _files(model_dir, "ckpt-*.index"):
+        prefix = index[: -len(".index")]
+        try:
+            reader = tf.train.load_checkpoint(prefix)
+            for name in reader.get_variable_to_shape_map():
+                reader.get_tensor(name)
+        except (tf.errors.OpError, ValueError, IndexError):
+            continue
+        newest = max(newest, ckpt_step(prefix))
+    return newest
+
+
 def _event_steps(model_dir, pid) -> list[int]:
     """Steps with scalars in the TensorBoard file of process `pid` (up to a record cut by a kill)."""
     steps = []
@@ -178,7 +213,7 @@ def test_killed_and_restarted_run_finishes_at_the_right_step(tmp_path):
         run = Run(tmp_path, manual, len(runs))
         runs.append(run)
         start = run.start_step()
-        assert start == expected_start, f"resumed from {start}, the newest listed checkpoint is {expected_start}"
+        assert start == expected_start, f"resumed from {start}, the newest complete checkpoint is {expected_start}"
         assert not starts or start >= starts[-1]
         starts.append(start)
         return run
@@ -188,22 +223,23 @@ def test_killed_and_restarted_run_finishes_at_the_right_step(tmp_path):
     model_dir = run.model_dir
     run.wait_for(lambda: _files(model_dir, "ckpt-*_temp") and listed(model_dir), "a checkpoint write")
     run.kill()
-    newest = check_listed(model_dir, sweeping_allowed=True)
-    assert newest >= 2
+    assert check_listed(model_dir, sweeping_allowed=True) >= 2
+    newest = resume_step(model_dir)
 
-    # 2. SIGKILL as soon as a new checkpoint's index file appears (listed or not yet).
+    # 2. SIGKILL as soon as a new checkpoint's index file appears (listed or not yet: a complete
+    #    unlisted one is listed and resumed from).
     run = restart(newest)
     before = _files(model_dir, "ckpt-*.index")
     run.wait_for(lambda: _files(model_dir, "ckpt-*.index") - before, "a new checkpoint", poll=0.0005)
     run.kill()
-    newest = check_listed(model_dir, sweeping_allowed=True)
+    newest = resume_step(model_dir)
 
     # 3. SIGKILL at a random moment of training.
     run = restart(newest)
     run.wait_for(lambda: _event_steps(model_dir, run.proc.pid), "a training step", poll=0.2)
     time.sleep(rng.uniform(0.0, 1.5))
     run.kill()
-    newest = check_listed(model_dir, sweeping_allowed=True)
+    newest = resume_step(model_dir)
 
     # 4. SIGTERM: saves the step it reached and exits 143.
     run = restart(newest)

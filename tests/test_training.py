@@ -2,6 +2,7 @@
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -71,10 +72,26 @@ def test_nan_loss_stops_without_touching_checkpoint(tmp_path):
     saved = sorted(os.listdir(tmp_path))
     bad = views_dataset().map(lambda d: {"view1": d["view1"] * np.nan, "view2": d["view2"]})
     model = build.contrastive_model(cfg, num_train_examples=64)
+    handler = signal.getsignal(signal.SIGTERM)
     with pytest.raises(NonFiniteLossError, match="step 4"):
         training.train(model, bad, model_dir=str(tmp_path), total_steps=6, checkpoint_steps=1, verbose=0)
     assert sorted(os.listdir(tmp_path)) == saved
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-3")
+    assert signal.getsignal(signal.SIGTERM) is handler  # a caller that catches the error still gets SIGTERM
+
+
+def test_the_input_is_made_for_the_step_training_resumes_from(tmp_path):
+    cfg = tiny_config(model_dir=str(tmp_path))
+    starts = []
+
+    def make(start_step):
+        starts.append(start_step)
+        return views_dataset()
+
+    for total in (3, 5):
+        training.train(build.contrastive_model(cfg, num_train_examples=64), make, model_dir=str(tmp_path),
+                       total_steps=total, checkpoint_steps=3, verbose=0)
+    assert starts == [0, 3]
 
 
 def test_skip_nonfinite_steps(tmp_path):
