@@ -124,7 +124,8 @@ def main(argv):
 
     try:
         if cfg.mode == "sweep":
-            summary = {"result": sweep.sweep(cfg, **cfg.sweep_grid())["test_result"]}
+            outcome = sweep.sweep(cfg, **cfg.sweep_grid())
+            summary = {"train": outcome} if "preempted" in outcome else {"result": outcome["test_result"]}
         else:
             summary = experiment.run(cfg)
     except SimclrMedError as e:

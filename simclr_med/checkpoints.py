@@ -60,7 +60,8 @@ def write_state(model_dir: str, names: list[str]) -> None:
         logger.setLevel(level)
 
 
-def _step_of(prefix: str) -> int:
+def step_of(prefix: str) -> int:
+    """The step in a checkpoint's name (`ckpt-<step>`); -1 for a name without one."""
     return int(prefix.rsplit("-", 1)[1]) if prefix.rsplit("-", 1)[-1].isdigit() else -1
 
 
@@ -83,9 +84,9 @@ def _settle_unlisted(model_dir: str) -> None:
             files.setdefault(name.split(".index")[0].split(".data-")[0], []).append(path)
     for path in glob.glob(os.path.join(model_dir, "checkpoint.tmp*")):  # state file never renamed
         os.remove(path)
-    unlisted = sorted((p for p in files if p not in listed), key=_step_of)
-    newest_listed = max(map(_step_of, listed), default=-1)
-    if unlisted and _step_of(unlisted[-1]) > newest_listed and _complete(os.path.join(model_dir, unlisted[-1])):
+    unlisted = sorted((p for p in files if p not in listed), key=step_of)
+    newest_listed = max(map(step_of, listed), default=-1)
+    if unlisted and step_of(unlisted[-1]) > newest_listed and _complete(os.path.join(model_dir, unlisted[-1])):
         adopted = unlisted.pop()
         log.warning("listing checkpoint %s, written but not listed when the run was killed", adopted)
         write_state(model_dir, listed + [adopted])

@@ -108,6 +108,10 @@ class Config:
         need(self.uncertainty_policy in ("mixed", "u_ones", "u_zeros", "u_ignore"), f"--uncertainty_policy={self.uncertainty_policy!r} is not one of mixed, u_ones, u_zeros, u_ignore")
         need(self.host_memory_limit_gib >= 0, f"--host_memory_limit_gib={self.host_memory_limit_gib} must be >= 0 (0: no limit)")
         need(self.checkpoint_steps >= 1, "--checkpoint_steps must be >= 1")
+        for name in ("eval_batch_size", "log_steps", "keep_checkpoint_max", "steps_per_execution", "proj_out_dim"):
+            need(getattr(self, name) >= 1, f"--{name}={getattr(self, name)} must be >= 1")
+        for name in ("weight_decay", "warmup_epochs", "momentum", "skip_nonfinite_steps"):
+            need(getattr(self, name) >= 0, f"--{name}={getattr(self, name)} must be >= 0")
         need(self.train_steps > 0 or self.train_epochs > 0, "set --train_steps or --train_epochs")
         need(bool(self.model_dir), "--model_dir is required (every mode reads or writes the run there)")
         need(not os.path.exists(self.model_dir) or os.path.isdir(self.model_dir),

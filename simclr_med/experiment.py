@@ -1,6 +1,7 @@
 """A run from a Config: pretrain / fine-tune / linear-eval, evaluate, export."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from simclr_med.strategy import check_steps_per_execution, make_strategy
 
 log = logging.getLogger(__name__)
 CLASSES_FILE = "classes.json"
+SETTINGS_FILE = "settings.json"  # what a sweep point or transfer cell was run with
 
 
 def _load(cfg: Config, name: str, split: str, label_fraction: float = 1.0):
@@ -69,16 +71,45 @@ def _loop_args(cfg: Config) -> dict:
                 verbose=cfg.verbose)
 
 
-def _classes(cfg: Config, meta=None) -> dict:
-    """The label space a classifier was trained on, recorded in model_dir for eval/export."""
-    path = os.path.join(cfg.model_dir, CLASSES_FILE)
+# Where files are, how the run is logged and which hardware runs it: free to change on a rerun.
+_BOOKKEEPING = ("model_dir", "data_dir", "manual_dir", "cache_dataset", "eval_batch_size", "keep_checkpoint_max",
+                "log_steps", "steps_per_execution", "strategy", "tpu", "num_logical_devices", "use_xla",
+                "winograd", "host_memory_limit_gib", "verbose", "sweep_learning_rates", "sweep_weight_decays")
+
+
+def check_settings(cfg: Config, **extra) -> None:
+    """Records a harness run's settings (`SETTINGS_FILE` in its model_dir) on its first start, and
+    refuses to reuse or resume it under other ones: a sweep point or benchmark cell whose spec
+    changed would otherwise be reported with results of the old one."""
+    settings = {k: v for k, v in {**dataclasses.asdict(cfg), **extra}.items() if k not in _BOOKKEEPING}
+    path = os.path.join(cfg.model_dir, SETTINGS_FILE)
+    if not os.path.exists(path):
+        os.makedirs(cfg.model_dir, exist_ok=True)
+        _write_json(path, settings)
+        return
+    with open(path) as f:
+        before = json.load(f)
+    changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
+    if changed:
+        detail = ", ".join(f"{k}: {before.get(k)!r} -> {settings.get(k)!r}" for k in changed[:3])
+        raise ConfigError(f"{cfg.model_dir} was run with other settings ({detail}); restore them, "
+                          "or delete the directory to run it anew")
+
+
+def _classes(cfg: Config, meta=None, run_dir: str | None = None) -> dict:
+    """The label space a classifier was trained on, and how, recorded in its run dir (model_dir
+    when training; `run_dir` when evaluating another run's checkpoint) for eval/export."""
+    run_dir = run_dir or cfg.model_dir
+    path = os.path.join(run_dir, CLASSES_FILE)
     if meta is not None:
         record = {"class_names": list(meta.class_names), "multi_label": bool(meta.multi_label),
-                  "eval_tasks": list(meta.eval_tasks), "dataset": cfg.dataset}
+                  "eval_tasks": list(meta.eval_tasks), "dataset": cfg.dataset,
+                  "training": {"train_mode": cfg.train_mode, "label_fraction": cfg.label_fraction,
+                               "seed": cfg.seed, "init_checkpoint": cfg.checkpoint}}
         _write_json(path, record)
         return record
     if not os.path.exists(path):
-        raise CheckpointError(f"{cfg.model_dir} holds no trained classifier ({CLASSES_FILE} missing)")
+        raise CheckpointError(f"{run_dir} holds no trained classifier ({CLASSES_FILE} missing)")
     with open(path) as f:
         return json.load(f)
 
@@ -103,23 +134,31 @@ def _finetune(cfg: Config, strategy, on_checkpoint=None):
                           on_checkpoint=on_checkpoint, **_loop_args(cfg)), model
 
 
-def _restore_for_eval(cfg: Config, model) -> tuple[str, int]:
+def _checkpoint_to_evaluate(cfg: Config) -> str:
     path = checkpoints.resolve_checkpoint(cfg.checkpoint) if cfg.mode == "eval" and cfg.checkpoint \
         else tf.train.latest_checkpoint(cfg.model_dir)
     if path is None:
         raise CheckpointError(f"{cfg.model_dir}: no checkpoint to evaluate (train first)")
+    return path
+
+
+def _restore_for_eval(cfg: Config, model, path: str | None = None) -> tuple[str, int]:
+    path = path or _checkpoint_to_evaluate(cfg)
     try:
         checkpoints.restore_weights(model, path)
     except (tf.errors.OpError, IndexError, ValueError, AssertionError) as e:
         raise CheckpointError(f"{path}: does not match this model ({str(e).splitlines()[0][:200]})") from None
-    return path, int(path.rsplit("-", 1)[-1])
+    step = checkpoints.step_of(path)
+    return path, step if step >= 0 else checkpoints.global_step(model.optimizer)
 
 
 def _evaluate_classifier(cfg: Config, strategy, model=None) -> dict:
-    classes = _classes(cfg)
+    path = _checkpoint_to_evaluate(cfg)
+    # The evaluated run's own record: this invocation's flags say nothing of how it was trained.
+    classes = _classes(cfg, run_dir=os.path.dirname(path))
     if model is None:
         model = _classifier(cfg, strategy, classes, num_examples=1)
-    path, step = _restore_for_eval(cfg, model)
+    path, step = _restore_for_eval(cfg, model, path)
     name = cfg.eval_dataset or cfg.dataset
     ds, meta = _load(cfg, name, cfg.eval_split)
     dataset = pipelines.supervised_dataset(ds, meta, batch_size=cfg.eval_batch_size,
@@ -130,9 +169,10 @@ def _evaluate_classifier(cfg: Config, strategy, model=None) -> dict:
                           model_multi_label=classes["multi_label"], data_classes=meta.class_names,
                           eval_tasks=classes["eval_tasks"])
     out_dir = cfg.model_dir if not cfg.eval_dataset else os.path.join(cfg.model_dir, f"eval_{name.replace('/', '_')}")
+    training = {"train_mode": cfg.train_mode, "label_fraction": cfg.label_fraction, "seed": cfg.seed,
+                "init_checkpoint": cfg.checkpoint, **classes.get("training", {})}  # older runs: the flags
     result = evaluate.write_results(pred, out_dir, step=step, extra={
-        "checkpoint": path, "dataset": name, "split": cfg.eval_split, "train_mode": cfg.train_mode,
-        "label_fraction": cfg.label_fraction, "seed": cfg.seed, "init_checkpoint": cfg.checkpoint})
+        "checkpoint": path, "dataset": name, "split": cfg.eval_split, **training})
     log.info("evaluation of %s on %s/%s: %s", path, name, cfg.eval_split,
              {k: v for k, v in result.items() if isinstance(v, float)})
     return result

@@ -16,7 +16,7 @@ import numpy as np
 
 from simclr_med import experiment, metrics
 from simclr_med.config import Config
-from simclr_med.errors import DataError
+from simclr_med.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def headline(result: dict) -> tuple[str, float | None]:
 
 
 def point_dir(root: str, lr: float, wd: float) -> str:
-    return os.path.join(root, f"lr{lr:.2e}_wd{wd:.0e}")
+    return os.path.join(root, f"lr{lr:.2e}_wd{wd:.2e}")
 
 
 def _read(path: str) -> dict:
@@ -43,23 +43,30 @@ def _read(path: str) -> dict:
 
 def sweep(cfg: Config, learning_rates=DEFAULT_LEARNING_RATES, weight_decays=DEFAULT_WEIGHT_DECAYS,
           validation_split: str = "validation", test_split: str = "test") -> dict:
-    """Runs every (lr, wd) point on `validation_split`, then the best one on `test_split`."""
+    """Runs every (lr, wd) point on `validation_split`, then the best one on `test_split`.
+
+    When SIGTERM stops a point (its checkpoint saved), returns {"preempted": point dir} instead.
+    """
     if not cfg.data_dir:  # one dataset build shared by every point
         cfg = dataclasses.replace(cfg, data_dir=os.path.join(cfg.model_dir, "data"))
+    grid = [(lr, wd) for lr in learning_rates for wd in weight_decays]
+    if len({point_dir(cfg.model_dir, lr, wd) for lr, wd in grid}) < len(grid):
+        raise ConfigError(f"sweep: two grid points share a directory (equal to 3 significant digits): {grid}")
     points = []
-    for lr in learning_rates:
-        for wd in weight_decays:
-            run_dir = point_dir(cfg.model_dir, lr, wd)
-            done = os.path.join(run_dir, VALIDATION_RESULT)
-            if not os.path.exists(done):
-                point = dataclasses.replace(cfg, mode="train_then_eval", model_dir=run_dir, learning_rate=lr,
-                                            weight_decay=wd, eval_split=validation_split, eval_dataset="")
-                experiment.run(point)
-                shutil.copyfile(os.path.join(run_dir, "result.json"), done)
-            metric, value = headline(_read(done))
-            log.info("sweep point lr=%.2e wd=%.0e: %s=%s", lr, wd, metric, "undefined" if value is None else
-                     f"{value:.4f}")
-            points.append({"learning_rate": lr, "weight_decay": wd, "model_dir": run_dir, metric: value})
+    for lr, wd in grid:
+        run_dir = point_dir(cfg.model_dir, lr, wd)
+        done = os.path.join(run_dir, VALIDATION_RESULT)
+        point = dataclasses.replace(cfg, mode="train_then_eval", model_dir=run_dir, learning_rate=lr,
+                                    weight_decay=wd, eval_split=validation_split, eval_dataset="")
+        experiment.check_settings(point)  # a rerun with other flags must not reuse this point's score
+        if not os.path.exists(done):
+            if experiment.run(point)["train"]["preempted"]:
+                return {"preempted": run_dir}
+            shutil.copyfile(os.path.join(run_dir, "result.json"), done)
+        metric, value = headline(_read(done))
+        log.info("sweep point lr=%.2e wd=%.2e: %s=%s", lr, wd, metric, "undefined" if value is None else
+                 f"{value:.4f}")
+        points.append({"learning_rate": lr, "weight_decay": wd, "model_dir": run_dir, metric: value})
 
     scored = [p for p in points if p[metric] is not None]
     if not scored:

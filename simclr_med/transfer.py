@@ -54,7 +54,6 @@ SPEC_KEYS = ("description", "base", "inits", "baseline", "tasks", "seeds", "metr
              "early_stopping", "data_dir")
 TABLE_FILE = "transfer_table.json"
 STATE_FILE = "early_stopping.json"
-CELL_FILE = "cell.json"  # the settings a cell was run with
 _HARNESS_FIELDS = ("mode", "model_dir", "seed")  # set per cell by the harness, never by a spec
 
 
@@ -346,27 +345,10 @@ def _prune(model_dir: str, best_step: int) -> None:
                 os.remove(file)
 
 
-def _check_cell_settings(cfg: Config, early: EarlyStopping | None) -> None:
-    """Records a cell's settings on its first run; refuses to reuse or resume it under other ones,
-    which would put results of two settings in one table. The paths may move with the root."""
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("model_dir", "data_dir")}
-    settings["early_stopping"] = dataclasses.asdict(early) if early else None
-    path = os.path.join(cfg.model_dir, CELL_FILE)
-    if not os.path.exists(path):
-        os.makedirs(cfg.model_dir, exist_ok=True)
-        _write_json(path, settings)
-        return
-    before = _read_json(path)
-    changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
-    if changed:
-        detail = ", ".join(f"{k}: {before.get(k)!r} -> {settings.get(k)!r}" for k in changed[:3])
-        raise ConfigError(f"{cfg.model_dir} was run with other settings ({detail}); restore the spec, "
-                          "or delete the cell directory to run it anew")
-
-
 def run_cell(cfg: Config, early: EarlyStopping | None, metric: str | None) -> str:
     """Runs one cell unless its result.json exists: "skipped", "done" or "preempted" (SIGTERM)."""
-    _check_cell_settings(cfg, early)
+    # Results of two settings in one table would compare nothing.
+    experiment.check_settings(cfg, early_stopping=dataclasses.asdict(early) if early else None)
     if os.path.exists(os.path.join(cfg.model_dir, "result.json")):
         return "skipped"
     try:

@@ -50,6 +50,7 @@ The bad inputs covered, where, and what each must say (``*``: tested in another 
 36  --method=micle --train_mode=finetune             "--method=micle only applies to ... pretrain"
 37  --label_fraction=0                               "--label_fraction=0.0 must be in (0, 1]"
     --color_jitter_strength=1.5 (inverts images)     "--color_jitter_strength=1.5 must be in [0, 1.25]"
+    --log_steps=0, --weight_decay=-0.1 (and kin)     "--log_steps=0 must be >= 1" / "must be >= 0"
 38  unknown --augmentation                           "--augmentation: unknown augmentation 'fancy'"
 39  unknown dataset name                            "unknown dataset 'imagenet'; valid names: ..."
 40  --mode=eval with no checkpoint (both kinds)      "no checkpoint to evaluate" / "classes.json missing"
@@ -482,6 +483,8 @@ def test_contradictory_flags(generic):
     assert "--label_fraction=0.0 must be in (0, 1]" in run_error(root, manual, ConfigError, label_fraction=0.0)
     assert "--color_jitter_strength=1.5 must be in [0, 1.25]" in run_error(root, manual, ConfigError,
                                                                              color_jitter_strength=1.5)
+    assert "--log_steps=0 must be >= 1" in run_error(root, manual, ConfigError, log_steps=0)
+    assert "--weight_decay=-0.1 must be >= 0" in run_error(root, manual, ConfigError, weight_decay=-0.1)
     assert "--augmentation: unknown augmentation 'fancy'; expected one of simclr" in run_error(
         root, manual, ConfigError, augmentation="fancy")
     assert "unknown dataset 'imagenet'; valid names: demo, derm_cases/generic" in run_error(

@@ -7,7 +7,7 @@ import pytest
 
 from simclr_med import sweep
 from simclr_med.config import Config
-from simclr_med.errors import DataError
+from simclr_med.errors import ConfigError, DataError
 
 
 def test_sweep_runs_grid_chooses_on_validation_and_resumes(tmp_path, monkeypatch):
@@ -22,7 +22,8 @@ def test_sweep_runs_grid_chooses_on_validation_and_resumes(tmp_path, monkeypatch
     assert summary["test_result"]["split"] == "test"
     assert json.load(open(tmp_path / "sweep" / "sweep.json"))["best"]["model_dir"] == best["model_dir"]
     for p in summary["points"]:
-        assert os.path.exists(os.path.join(p["model_dir"], sweep.VALIDATION_RESULT))
+        with open(os.path.join(p["model_dir"], sweep.VALIDATION_RESULT)) as f:
+            assert json.load(f)["split"] == "validation"  # chosen on validation, never on test
 
     # A rerun trains nothing: finished points are read back, only the final test evaluation runs.
     calls = []
@@ -30,6 +31,10 @@ def test_sweep_runs_grid_chooses_on_validation_and_resumes(tmp_path, monkeypatch
     monkeypatch.setattr(sweep.experiment, "run", lambda c: calls.append(c.mode) or real_run(c))
     again = sweep.sweep(cfg, learning_rates=[0.01, 0.1], weight_decays=[0.0])
     assert calls == ["eval"] and again["best"] == summary["best"]
+
+    # A rerun with other settings does not reuse the old points' scores.
+    with pytest.raises(ConfigError, match=r"lr1.00e-02_wd0.00e\+00 was run with other settings \(train_steps: 3 -> 5\)"):
+        sweep.sweep(dataclasses.replace(cfg, train_steps=5), learning_rates=[0.01, 0.1], weight_decays=[0.0])
 
 
 def test_points_with_an_undefined_score_are_never_chosen(tmp_path, monkeypatch):
@@ -42,6 +47,7 @@ def test_points_with_an_undefined_score_are_never_chosen(tmp_path, monkeypatch):
         os.makedirs(point.model_dir, exist_ok=True)
         with open(os.path.join(point.model_dir, "result.json"), "w") as f:
             json.dump({"mean_auc": scores[point.learning_rate], "auc_Edema": None}, f)
+        return {"train": {"preempted": False}}
 
     monkeypatch.setattr(sweep.experiment, "run", fake_run)
     cfg = Config(mode="sweep", train_mode="finetune", model_dir=str(tmp_path / "a"))
@@ -52,3 +58,12 @@ def test_points_with_an_undefined_score_are_never_chosen(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="mean_auc on demo/validation is undefined at every point"):
         sweep.sweep(dataclasses.replace(cfg, model_dir=str(tmp_path / "b")), learning_rates=list(scores),
                     weight_decays=[0.0])
+
+
+def test_a_preempted_point_stops_the_sweep_and_close_grid_points_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep.experiment, "run", lambda point: {"train": {"preempted": True}})
+    cfg = Config(mode="sweep", train_mode="finetune", model_dir=str(tmp_path / "a"))
+    assert sweep.sweep(cfg, learning_rates=[0.1], weight_decays=[0.0]) == {
+        "preempted": sweep.point_dir(cfg.model_dir, 0.1, 0.0)}  # run.py exits 143; a rerun resumes
+    with pytest.raises(ConfigError, match="share a directory"):
+        sweep.sweep(cfg, learning_rates=[0.1], weight_decays=[1e-4, 1.00001e-4])
