@@ -509,9 +509,15 @@ def test_eval_without_a_checkpoint(generic, tmp_path):
     root, manual = generic
     assert f"{tmp_path / 'a'}: no checkpoint to evaluate (train first)" in run_error(
         root, manual, CheckpointError, mode="eval", model_dir=str(tmp_path / "a"))
-    assert f"{tmp_path / 'b'} holds no trained classifier (classes.json missing)" in run_error(
+    assert f"{tmp_path / 'b'}: no checkpoint to evaluate (train first)" in run_error(
         root, manual, CheckpointError, mode="eval", train_mode="finetune", model_dir=str(tmp_path / "b"))
     assert not tf.io.gfile.glob(str(tmp_path / "*" / "ckpt-*")) and not (tmp_path / "a" / "result.json").exists()
+    # A checkpoint without the classifier's record (a pretraining run evaluated as a classifier).
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "ckpt-1.index").write_bytes(b"")
+    (tmp_path / "c" / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\n')
+    assert f"{tmp_path / 'c'} holds no trained classifier (classes.json missing)" in run_error(
+        root, manual, CheckpointError, mode="eval", train_mode="finetune", model_dir=str(tmp_path / "c"))
 
 
 def test_micle_on_a_dataset_without_bags(tmp_path):

@@ -12,7 +12,7 @@ from simclr_med.config import Config
 from tfds_builders.cxr_labels import CHEXPERT_TASKS
 
 
-def test_chexpert_model_on_nih_scores_the_shared_pathologies_with_nihs_labels(tmp_path):
+def test_chexpert_model_on_nih_scores_the_shared_pathologies_with_nihs_labels(tmp_path, recwarn):
     chexpert, nih = fixtures.write_chexpert(tmp_path / "chexpert"), fixtures.write_nih(tmp_path / "nih")
     common = dict(train_mode="finetune", data_dir=str(tmp_path / "tfds"), model_dir=str(tmp_path / "run"),
                   resnet_depth=18, image_size=32, augmentation="none", train_batch_size=4, train_steps=2,
@@ -49,4 +49,5 @@ def test_chexpert_model_on_nih_scores_the_shared_pathologies_with_nihs_labels(tm
             defined.append(result[f"auc_{task}"])
         else:
             assert result[f"auc_{task}"] is None
+            assert any(task in str(w.message) for w in recwarn.list if "AUC undefined" in str(w.message))
     assert defined and result["mean_auc"] == np.mean(defined)
