@@ -62,7 +62,8 @@ def write_state(model_dir: str, names: list[str]) -> None:
 
 def step_of(prefix: str) -> int:
     """The step in a checkpoint's name (`ckpt-<step>`); -1 for a name without one."""
-    return int(prefix.rsplit("-", 1)[1]) if prefix.rsplit("-", 1)[-1].isdigit() else -1
+    tail = prefix.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
 
 
 def _settle_unlisted(model_dir: str) -> None:

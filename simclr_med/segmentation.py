@@ -31,10 +31,10 @@ def _builder(data_dir: str, manual_dir: str | None) -> SegMasks:
     return builder
 
 
-def check_mask_classes(data_dir: str, num_classes: int) -> None:
+def check_mask_classes(data_dir: str, num_classes: int, manual_dir: str | None = None) -> None:
     """Fails naming the mask whose values do not fit `num_classes`: out-of-range indices would be
     dropped by the one-hot Dice silently, and binary training would merge classes into foreground."""
-    builder = _builder(data_dir, None)
+    builder = _builder(data_dir, manual_dir)
     for split in builder.info.splits:
         ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
         for name, top in ds.map(lambda ex: (ex["name"], tf.reduce_max(ex["mask"]))).as_numpy_iterator():
@@ -111,8 +111,7 @@ def train_segmentation(
     if image_size % 32:
         raise ConfigError(f"image_size={image_size} must be divisible by 32 for the U-Net")
     keras.utils.set_random_seed(seed)
-    _builder(data_dir, manual_dir)
-    check_mask_classes(data_dir, num_classes)
+    check_mask_classes(data_dir, num_classes, manual_dir)
     train_ds = load_segmentation("train", data_dir, manual_dir, image_size, batch_size, training=True,
                                  num_classes=num_classes, seed=seed)
     test_ds = load_segmentation("test", data_dir, None, image_size, batch_size, training=False,

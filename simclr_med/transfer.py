@@ -229,7 +229,7 @@ def stopping_point(history: Sequence[tuple[int, float | None]], patience: int) -
 def _checkpoint_steps(model_dir: str) -> list[tuple[int, str]]:
     state = tf.train.get_checkpoint_state(model_dir)
     paths = list(state.all_model_checkpoint_paths) if state else []
-    return sorted((int(p.rsplit("-", 1)[-1]), p) for p in paths)
+    return sorted((checkpoints.step_of(p), p) for p in paths)
 
 
 def _read_json(path: str) -> dict:
