@@ -120,7 +120,8 @@ def main(argv):
     tf_env.limit_host_memory(cfg.host_memory_limit_gib)
     import tensorflow as tf
 
-    from simclr_med import experiment, sweep
+    from simclr_med import experiment
+    from simclr_med.methods import sweep
 
     try:
         if cfg.mode == "sweep":

@@ -107,7 +107,7 @@ def environment() -> dict:
     import keras
     import tensorflow as tf
 
-    from simclr_med.conv import onednn_enabled
+    from simclr_med.models.conv import onednn_enabled
 
     return {
         "onednn": onednn_enabled(),

@@ -1,7 +1,7 @@
 """Forward + backward time of every distinct convolution of a ResNet, per formulation.
 
 Compares TensorFlow's convolution kernel, im2col + matmul, the flipped-kernel input gradient and
-Winograd (stride-1 3×3 only), all SAME-padded, with what `simclr_med.conv.convolution` picks with
+Winograd (stride-1 3×3 only), all SAME-padded, with what `simclr_med.models.conv.convolution` picks with
 the ResNet's padding (SimCLR's fixed padding at stride 2), on the layer shapes of `build_resnet`.
 This is the measurement behind conv.py's choices; rerun it when TensorFlow, the CPU or the kernels
 change.
@@ -27,7 +27,7 @@ from benchmarks import common  # noqa: E402
 
 def conv_shapes(depth: int, image_size: int) -> collections.Counter:
     """(height, width, c_in, c_out, kernel, stride) -> number of such layers in the encoder."""
-    from simclr_med import resnet
+    from simclr_med.models import resnet
 
     encoder = resnet.build_resnet(depth, input_shape=(image_size, image_size, 3))
     shapes = collections.Counter()
@@ -41,7 +41,8 @@ def conv_shapes(depth: int, image_size: int) -> collections.Counter:
 def formulations():
     import tensorflow as tf
 
-    from simclr_med import conv, winograd
+    from simclr_med.models import conv
+    from simclr_med.models import winograd
 
     def flipped(x, k, s):
         return conv.conv_forward_input_grad(x, k) if s == 1 and k.shape[0] % 2 else tf.nn.conv2d(x, k, s, "SAME")
@@ -63,7 +64,7 @@ def formulations():
 def time_shape(shape, batch: int, repeats: int) -> dict:
     import tensorflow as tf
 
-    from simclr_med import conv
+    from simclr_med.models import conv
 
     h, w, c_in, c_out, k, s = shape
     x = tf.random.normal([batch, h, w, c_in])

@@ -37,13 +37,14 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from common import emit, environment, load_average, peak_rss_gib  # noqa: E402
-from simclr_med import datasets, pipelines  # noqa: E402
+from simclr_med.data import datasets  # noqa: E402
+from simclr_med.data import pipelines
 
 REFERENCE_SOURCE_IMAGES_PER_S = 2600  # /work/shared/NOTES.md: the unmodified reference code, 96 → 64 px
 
 
 def synthetic_cases(num_cases: int, source_size: int, max_images: int = 6, seed: int = 0) -> tf.data.Dataset:
-    """Case dicts as simclr_med.datasets yields them, with 1..max_images photo-like JPEGs each."""
+    """Case dicts as simclr_med.data.datasets yields them, with 1..max_images photo-like JPEGs each."""
     rng = np.random.default_rng(seed)
     counts = rng.integers(1, max_images + 1, num_cases)
     small = rng.uniform(0, 255, (int(counts.sum()), 8, 8, 3)).astype(np.float32)

@@ -22,7 +22,7 @@ from benchmarks import common  # noqa: E402
 def update_ms(name: str, variables, grads, repeats: int) -> float:
     import tensorflow as tf
 
-    from simclr_med.optimizers import build_optimizer
+    from simclr_med.train.optimizers import build_optimizer
 
     optimizer = build_optimizer(name, 0.1, weight_decay=1e-6)
     step = tf.function(lambda: optimizer.apply(grads, variables))
@@ -42,7 +42,8 @@ def main(argv=None):
     common.apply_onednn_flag(args.onednn)
     import tensorflow as tf
 
-    from simclr_med import heads, resnet
+    from simclr_med.models import heads
+    from simclr_med.models import resnet
     from simclr_med.config import Config
 
     encoder = resnet.build_resnet(args.depth, args.width, input_shape=(64, 64, 3))

@@ -1,8 +1,8 @@
 """Contrastive pretraining throughput: views/s, achieved FLOP/s against the matmul peak, memory.
 
-Times the compiled train function of `simclr_med.build.contrastive_model` on an in-memory
+Times the compiled train function of `simclr_med.train.factory.contrastive_model` on an in-memory
 synthetic batch (so the model step alone is measured; the input pipeline has its own benchmark),
-or with `--real_pipeline` on the demo dataset through `simclr_med.pipelines.pretrain_dataset`.
+or with `--real_pipeline` on the demo dataset through `simclr_med.data.pipelines.pretrain_dataset`.
 SimCLR and MICLe run the same step on the same number of views; they differ only in the input,
 so `--method both` reports each (one process per method). Prints one JSON line per method.
 
@@ -53,7 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--peak_gflops", type=float, default=0.0,
                    help="matmul peak to compare with; 0 measures it after the run (same load)")
     p.add_argument("--real_pipeline", action="store_true",
-                   help="feed simclr_med.pipelines.pretrain_dataset on the demo dataset")
+                   help="feed simclr_med.data.pipelines.pretrain_dataset on the demo dataset")
     p.add_argument("--data_dir", default="", help="TFDS dir for --real_pipeline (default: a temp dir)")
     return p.parse_args(argv)
 
@@ -83,7 +83,8 @@ def layer_flops(layer) -> int:
 
 def forward_flops_per_view(depth: int, width: int, image_size: int, *, proj_layers: int, proj_dim: int) -> int:
     """Encoder + projection head forward FLOPs for one image, counted on fixed-shape copies."""
-    from simclr_med import heads, resnet
+    from simclr_med.models import heads
+    from simclr_med.models import resnet
 
     enc = resnet.build_resnet(depth, width, input_shape=(image_size, image_size, 3))
     head = heads.build_projection_head(enc.output_shape[-1], num_layers=proj_layers, out_dim=proj_dim)
@@ -104,9 +105,10 @@ def synthetic_dataset(batch_size: int, image_size: int, seed: int = 0):
 
 def demo_pipeline(method: str, batch_size: int, image_size: int, data_dir: str):
     try:
-        from simclr_med import datasets, pipelines
+        from simclr_med.data import datasets
+        from simclr_med.data import pipelines
     except ImportError as e:
-        raise SystemExit(f"--real_pipeline needs simclr_med.datasets and simclr_med.pipelines: {e}")
+        raise SystemExit(f"--real_pipeline needs simclr_med.data.datasets and simclr_med.data.pipelines: {e}")
     ds, _ = datasets.load("demo", "train", data_dir=data_dir)
     return pipelines.pretrain_dataset(ds, method=method, batch_size=batch_size, image_size=image_size,
                                       augmentation="simclr")
@@ -141,11 +143,12 @@ def run(args) -> dict:
     """Times one method's step in this process; its peak RSS is this process's high-water mark."""
     load_at_start = common.load_average()
     common.set_threads(args.intra_op_threads, args.inter_op_threads)
-    from simclr_med import build, strategy as strategy_lib
+    from simclr_med.train import factory
+    from simclr_med.train import strategy as strategy_lib
     from simclr_med.config import Config
 
     strategy = strategy_lib.make_strategy(args.strategy, num_logical_devices=args.num_logical_devices)
-    build.set_precision(args.precision)
+    factory.set_precision(args.precision)
     flops_fwd = forward_flops_per_view(args.depth, args.width, args.image_size,
                                        proj_layers=Config.num_proj_layers, proj_dim=Config.proj_out_dim)
     cfg = Config(method=args.method, resnet_depth=args.depth, width_multiplier=args.width,
@@ -153,7 +156,7 @@ def run(args) -> dict:
                  optimizer=args.optimizer, precision=args.precision, use_xla=args.xla, winograd=bool(args.winograd),
                  steps_per_execution=args.steps_per_execution, train_steps=10**6)
     with strategy.scope():
-        model = build.contrastive_model(cfg, num_train_examples=10**6, num_replicas=strategy.num_replicas_in_sync)
+        model = factory.contrastive_model(cfg, num_train_examples=10**6, num_replicas=strategy.num_replicas_in_sync)
     with tempfile.TemporaryDirectory(prefix="simclr_med_bench_") as scratch:
         if args.real_pipeline:
             dataset = demo_pipeline(args.method, args.batch_size, args.image_size, args.data_dir or scratch)

@@ -14,7 +14,9 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from simclr_med import build, experiment, real_cxr  # noqa: E402
+from simclr_med.train import factory  # noqa: E402
+from simclr_med import experiment
+from tests.fixtures import real_cxr
 from simclr_med.config import Config  # noqa: E402
 
 
@@ -38,7 +40,7 @@ def main():
                  image_size=args.image_size, augmentation="crop_only", train_batch_size=args.batch_size,
                  train_steps=args.steps, optimizer="lars", learning_rate=0.075, learning_rate_scaling="sqrt",
                  warmup_epochs=1, temperature=0.2, num_proj_layers=2, checkpoint_steps=100, verbose=2)
-    before = experiment.contrastive_scores(cfg, build.contrastive_model(cfg, num_train_examples=1))
+    before = experiment.contrastive_scores(cfg, factory.contrastive_model(cfg, num_train_examples=1))
     after = experiment.run(cfg)["result"]
     report = {"before": before, "after": after}
     print(json.dumps({k: {m: v[m] for m in ("contrast_loss", "contrast_acc")} for k, v in report.items()}))

@@ -1,4 +1,4 @@
-"""A run from a Config: pretrain / fine-tune / linear-eval, evaluate, export."""
+"""A run from a Config: pretrain / fine-tune / linear-eval, predict, export."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,10 +9,17 @@ import os
 import keras
 import tensorflow as tf
 
-from simclr_med import augment, build, checkpoints, datasets, evaluate, export, pipelines, training
+from simclr_med.data import augment
+from simclr_med.train import factory
+from simclr_med.train import checkpoints
+from simclr_med.data import datasets
+from simclr_med.evaluation import predict
+from simclr_med.models import export
+from simclr_med.data import pipelines
+from simclr_med.train import loop
 from simclr_med.config import Config
 from simclr_med.errors import CheckpointError, ConfigError, DataError
-from simclr_med.strategy import check_steps_per_execution, make_strategy
+from simclr_med.train.strategy import check_steps_per_execution, make_strategy
 
 log = logging.getLogger(__name__)
 CLASSES_FILE = "classes.json"
@@ -58,10 +65,10 @@ def _pretrain(cfg: Config, strategy, on_checkpoint=None) -> dict:
         augmentation=cfg.augmentation, color_jitter_strength=cfg.color_jitter_strength,
         seed=cfg.seed, start_step=start_step, input_context=ctx))
     with strategy.scope():
-        model = build.contrastive_model(cfg, num_train_examples=num_examples,
+        model = factory.contrastive_model(cfg, num_train_examples=num_examples,
                                         num_replicas=strategy.num_replicas_in_sync)
     _init_if_fresh(cfg, model.encoder, model.projection_head)
-    return training.train(model, dataset, model_dir=cfg.model_dir, total_steps=cfg.total_steps(num_examples),
+    return loop.train(model, dataset, model_dir=cfg.model_dir, total_steps=cfg.total_steps(num_examples),
                           on_checkpoint=on_checkpoint, **_loop_args(cfg)), model
 
 
@@ -116,7 +123,7 @@ def _classes(cfg: Config, meta=None, run_dir: str | None = None) -> dict:
 
 def _classifier(cfg: Config, strategy, classes: dict, num_examples: int):
     with strategy.scope():
-        return build.classifier(cfg, num_classes=len(classes["class_names"]),
+        return factory.classifier(cfg, num_classes=len(classes["class_names"]),
                                 multi_label=classes["multi_label"], num_train_examples=num_examples,
                                 num_replicas=strategy.num_replicas_in_sync)
 
@@ -130,7 +137,7 @@ def _finetune(cfg: Config, strategy, on_checkpoint=None):
     # The pipeline yields a case's images as separate examples: an epoch is a pass over the images.
     model = _classifier(cfg, strategy, classes, meta.num_images)
     _init_if_fresh(cfg, model.encoder)
-    return training.train(model, dataset, model_dir=cfg.model_dir, total_steps=cfg.total_steps(meta.num_images),
+    return loop.train(model, dataset, model_dir=cfg.model_dir, total_steps=cfg.total_steps(meta.num_images),
                           on_checkpoint=on_checkpoint, **_loop_args(cfg)), model
 
 
@@ -164,14 +171,14 @@ def _evaluate_classifier(cfg: Config, strategy, model=None) -> dict:
     dataset = pipelines.supervised_dataset(ds, meta, batch_size=cfg.eval_batch_size,
                                            image_size=cfg.image_size, augmentation="none",
                                            training=False, with_ids=True)
-    raw = evaluate.predict(model, dataset)
-    pred = evaluate.score(raw, model_classes=classes["class_names"],
+    raw = predict.predict(model, dataset)
+    pred = predict.score(raw, model_classes=classes["class_names"],
                           model_multi_label=classes["multi_label"], data_classes=meta.class_names,
                           eval_tasks=classes["eval_tasks"])
     out_dir = cfg.model_dir if not cfg.eval_dataset else os.path.join(cfg.model_dir, f"eval_{name.replace('/', '_')}")
     training = {"train_mode": cfg.train_mode, "label_fraction": cfg.label_fraction, "seed": cfg.seed,
                 "init_checkpoint": cfg.checkpoint, **classes.get("training", {})}  # older runs: the flags
-    result = evaluate.write_results(pred, out_dir, step=step, extra={
+    result = predict.write_results(pred, out_dir, step=step, extra={
         "checkpoint": path, "dataset": name, "split": cfg.eval_split, **training})
     log.info("evaluation of %s on %s/%s: %s", path, name, cfg.eval_split,
              {k: v for k, v in result.items() if isinstance(v, float)})
@@ -196,7 +203,7 @@ def _evaluate_pretrain(cfg: Config, strategy, model=None) -> dict:
     """Contrastive loss/accuracy on the eval split: a quick health check of a pretraining run."""
     if model is None:
         with strategy.scope():
-            model = build.contrastive_model(cfg, num_train_examples=1)
+            model = factory.contrastive_model(cfg, num_train_examples=1)
     path, step = _restore_for_eval(cfg, model)
     result = {**contrastive_scores(cfg, model), "global_step": step, "checkpoint": path}
     _write_json(os.path.join(cfg.model_dir, "result.json"), result)
@@ -208,7 +215,7 @@ def _export(cfg: Config, strategy, model=None) -> str:
     if model is None:
         if cfg.train_mode == "pretrain":
             with strategy.scope():
-                model = build.contrastive_model(cfg, num_train_examples=1)
+                model = factory.contrastive_model(cfg, num_train_examples=1)
         else:
             model = _classifier(cfg, strategy, _classes(cfg), num_examples=1)
         step = _restore_for_eval(cfg, model)[1]
@@ -223,7 +230,7 @@ def _export(cfg: Config, strategy, model=None) -> str:
 def run(cfg: Config, on_checkpoint=None) -> dict:
     """Runs `cfg.mode`; returns a summary (training figures, result, export path).
 
-    `on_checkpoint(model, step)`: see `training.train` (e.g. validation for early stopping).
+    `on_checkpoint(model, step)`: see `loop.train` (e.g. validation for early stopping).
     """
     cfg.validate()
     try:
@@ -235,7 +242,7 @@ def run(cfg: Config, on_checkpoint=None) -> dict:
     os.makedirs(cfg.model_dir, exist_ok=True)
     _write_json(os.path.join(cfg.model_dir, f"flags_{cfg.mode}.json"), json.loads(cfg.to_json()))
     keras.utils.set_random_seed(cfg.seed)
-    build.set_precision(cfg.precision)
+    factory.set_precision(cfg.precision)
     strategy = make_strategy(cfg.strategy, tpu=cfg.tpu, num_logical_devices=cfg.num_logical_devices)
     check_steps_per_execution(strategy, cfg.steps_per_execution)
     pretrain = cfg.train_mode == "pretrain"

@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 def demo_data_dir(tmp_path_factory):
     """A TFDS data dir with the `demo` dataset built once per session (~3 s):
     `datasets.load("demo", split, data_dir=demo_data_dir)`."""
-    from simclr_med import datasets
+    from simclr_med.data import datasets
 
     path = tmp_path_factory.mktemp("demo_data")
     datasets.builder_for("demo", path)

@@ -65,27 +65,27 @@ The bad inputs covered, where, and what each must say (``*``: tested in another 
                                                      saving", no checkpoint written
 48  run.py: non-integer / unknown flag (absl)        "Flags parsing error: ... --train_steps ...",
                                                      exit 1, no traceback
-49* missing cases.csv, missing / empty / non-dir     test_builders.test_missing_csv_and_missing_...
+49* missing cases.csv, missing / empty / non-dir     data/test_builders.test_missing_csv_and_missing_...
     manual dir, NIH not built and no manual_dir
-50* CheXpert reordered header, NIH cut header,       test_builders.test_reordered_and_wrong_headers
+50* CheXpert reordered header, NIH cut header,       data/test_builders.test_reordered_and_wrong_headers
     generic misspelt required column
-51* missing image file (generic)                     test_builders.test_missing_image_names_the_row
-52* truncated image, single-image case               test_builders.test_corrupt_single_image_case_...
-53* corrupt image in a bag                           test_builders.test_corrupt_image_in_a_bag_...
-54* 0-byte CheXpert image                            test_builders.test_empty_image_in_chexpert_fails
-55* unknown HAM dx, CheXpert '2.0', NIH finding      test_builders.test_bad_values_name_file_and_row
+51* missing image file (generic)                     data/test_builders.test_missing_image_names_the_row
+52* truncated image, single-image case               data/test_builders.test_corrupt_single_image_case_...
+53* corrupt image in a bag                           data/test_builders.test_corrupt_image_in_a_bag_...
+54* 0-byte CheXpert image                            data/test_builders.test_empty_image_in_chexpert_fails
+55* unknown HAM dx, CheXpert '2.0', NIH finding      data/test_builders.test_bad_values_name_file_and_row
     'Flu', SCIN label not a dict
-56* NIH image in neither official list               test_builders.test_nih_image_outside_the_...
-57* ../ path (generic)                               test_builders.test_path_escaping_the_manual_dir
-58* duplicated row / image shared by two cases /     test_builders.test_duplicated_rows_and_shared_...
+56* NIH image in neither official list               data/test_builders.test_nih_image_outside_the_...
+57* ../ path (generic)                               data/test_builders.test_path_escaping_the_manual_dir
+58* duplicated row / image shared by two cases /     data/test_builders.test_duplicated_rows_and_shared_...
     duplicated CheXpert valid row
-59* two labels for one case; generic split empty     test_builders.test_inconsistent_case_label_...
-60* manual dir changed after the build               test_builders.test_rebuilt_download_is_not_...
-61* unknown split / policy / label_fraction=0 /      test_datasets.test_bad_arguments
+59* two labels for one case; generic split empty     data/test_builders.test_inconsistent_case_label_...
+60* manual dir changed after the build               data/test_builders.test_rebuilt_download_is_not_...
+61* unknown split / policy / label_fraction=0 /      data/test_datasets.test_bad_arguments
     manual_dir with demo (datasets.load)
-62* label_fraction leaving a class empty (load)      test_datasets.test_label_fraction_keeps_...
-63* NaN loss (training.train), skipping N steps      test_training.test_nan_loss_stops_..., ...skip_...
-64* resuming a run of another architecture          test_training.test_checkpoint_of_other_...
+62* label_fraction leaving a class empty (load)      data/test_datasets.test_label_fraction_keeps_...
+63* NaN loss (loop.train), skipping N steps          train/test_loop.test_nan_loss_stops_..., ...skip_...
+64* resuming a run of another architecture          train/test_loop.test_checkpoint_of_other_...
 65  --host_memory_limit_gib too small / negative     "OOM when allocating ...: --host_memory_limit_gib=0.05
                                                      is too small: raise it ..." / "must be >= 0"
 ==  ===============================================  ================================================
@@ -104,7 +104,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from simclr_med import datasets, experiment, fixtures, metrics, pipelines, resnet
+from simclr_med.data import datasets
+from simclr_med import experiment
+from tests.fixtures import layouts
+from simclr_med.evaluation import metrics
+from simclr_med.data import pipelines
+from simclr_med.models import resnet
 from simclr_med.config import Config
 from simclr_med.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, SimclrMedError
 from tfds_builders.cxr_labels import CHEXPERT_TASKS, POLICIES
@@ -191,7 +196,7 @@ def write_unusual(manual: Path) -> dict:
     bad = {"bomb_bag": ("bomb.png", png_header(40000, 40000)),
            "bmp_bag": ("bitmap.jpg", encode(constant((8, 8, 3), 9), "BMP"))}
     for case, (name, data) in bad.items():
-        fixtures.write_image(manual / "images" / f"{case}_ok.png", rng, "RGB")
+        layouts.write_image(manual / "images" / f"{case}_ok.png", rng, "RGB")
         (manual / "images" / name).write_bytes(data)
         rows += [[case, f"images/{case}_ok.png", "a"], [case, f"images/{name}", "a"]]
     with open(manual / "cases.csv", "w", newline="") as f:
@@ -231,7 +236,7 @@ def test_unusual_images_work_and_bad_ones_in_bags_are_skipped(tmp_path):
 
 
 def test_decompression_bomb_alone_in_a_case_fails(tmp_path):
-    manual = fixtures.write_generic_cases(tmp_path / "m", num_cases=12)
+    manual = layouts.write_generic_cases(tmp_path / "m", num_cases=12)
     with open(manual / "cases.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     row, r = next((i, r) for i, r in enumerate(rows, 2) if sum(x["case_id"] == r["case_id"] for x in rows) == 1)
@@ -244,23 +249,23 @@ def test_decompression_bomb_alone_in_a_case_fails(tmp_path):
 # --- 8-33: manual downloads the builders refuse ----------------------------------------------------
 
 def _generic(d):
-    return "derm_cases/generic", fixtures.write_generic_cases(d, num_cases=12)
+    return "derm_cases/generic", layouts.write_generic_cases(d, num_cases=12)
 
 
 def _ham(d):
-    return "derm_cases/ham10000", fixtures.write_ham10000(d)
+    return "derm_cases/ham10000", layouts.write_ham10000(d)
 
 
 def _scin(d):
-    return "derm_cases/scin", fixtures.write_scin(d)
+    return "derm_cases/scin", layouts.write_scin(d)
 
 
 def _chexpert(d):
-    return "chexpert_v1", fixtures.write_chexpert(d)
+    return "chexpert_v1", layouts.write_chexpert(d)
 
 
 def _nih(d):
-    return "nih_chestxray14", fixtures.write_nih(d)
+    return "nih_chestxray14", layouts.write_nih(d)
 
 
 def _cases(m):
@@ -285,7 +290,7 @@ def _latin1(m):
 
 
 def _rename_column(m, old, new):
-    fixtures.rewrite_csv(_cases(m), lambda rs: [[new if c == old else c for c in rs[0]]] + rs[1:])
+    layouts.rewrite_csv(_cases(m), lambda rs: [[new if c == old else c for c in rs[0]]] + rs[1:])
 
 
 def _ham_missing_image(m):
@@ -300,7 +305,7 @@ def _scin_case_without_images(m):
         for c in cols:
             rs[2][c] = ""
         return rs
-    fixtures.rewrite_csv(m / "dataset/scin_cases.csv", edit)
+    layouts.rewrite_csv(m / "dataset/scin_cases.csv", edit)
 
 
 def _cx_patient_in_valid(m):
@@ -310,11 +315,11 @@ def _cx_patient_in_valid(m):
     moved = "valid/patient00001/" + rel.split("/", 2)[2]
     (root / moved).parent.mkdir(parents=True, exist_ok=True)
     (root / moved).write_bytes((root / rel).read_bytes())
-    fixtures.set_cell(root / "valid.csv", 2, "Path", f"CheXpert-v1.0-small/{moved}")
+    layouts.set_cell(root / "valid.csv", 2, "Path", f"CheXpert-v1.0-small/{moved}")
 
 
 def _cx_two_patients(m):
-    fixtures.rewrite_csv(_cx_train(m), lambda rs: [rs[0]] + [r for r in rs[1:] if "/patient00001/" in r[0] or
+    layouts.rewrite_csv(_cx_train(m), lambda rs: [rs[0]] + [r for r in rs[1:] if "/patient00001/" in r[0] or
                                                  "/patient00002/" in r[0]])
 
 
@@ -341,35 +346,35 @@ def _truncate_first_nih_image(m):
 BAD_DOWNLOADS = {
     # id: (writer, edit(manual dir), expected part of the message)
     "empty_csv": (_generic, lambda m: _cases(m).write_bytes(b""), "cases.csv: empty file, expected a header row"),
-    "header_only": (_generic, lambda m: fixtures.rewrite_csv(_cases(m), lambda rs: rs[:1]), "no labelled case found in cases.csv"),
-    "extra_field": (_generic, lambda m: fixtures.rewrite_csv(_cases(m), lambda rs: rs[:2] + [rs[2] + ["x"]] + rs[3:]),
+    "header_only": (_generic, lambda m: layouts.rewrite_csv(_cases(m), lambda rs: rs[:1]), "no labelled case found in cases.csv"),
+    "extra_field": (_generic, lambda m: layouts.rewrite_csv(_cases(m), lambda rs: rs[:2] + [rs[2] + ["x"]] + rs[3:]),
                     "cases.csv row 3: 7 fields but the header has 6"),
     "not_utf8": (_generic, _latin1, "cases.csv: cannot be read as a CSV"),
     "unknown_column": (_generic, lambda m: _rename_column(m, "skin_type", "skintype"),
                        "cases.csv row 1: unknown column(s) skintype"),
     "duplicated_column": (_generic, lambda m: _rename_column(m, "sex", "label"),
                           "cases.csv row 1: duplicated column names"),
-    "blank_label": (_generic, lambda m: fixtures.set_cell(_cases(m), 2, "label", ""), "cases.csv row 2: empty label for case"),
-    "blank_case_id": (_generic, lambda m: fixtures.set_cell(_cases(m), 2, "case_id", ""), "cases.csv row 2: empty case_id"),
-    "absolute_path": (_generic, lambda m: fixtures.set_cell(_cases(m), 2, "image_path", "/etc/hostname"),
+    "blank_label": (_generic, lambda m: layouts.set_cell(_cases(m), 2, "label", ""), "cases.csv row 2: empty label for case"),
+    "blank_case_id": (_generic, lambda m: layouts.set_cell(_cases(m), 2, "case_id", ""), "cases.csv row 2: empty case_id"),
+    "absolute_path": (_generic, lambda m: layouts.set_cell(_cases(m), 2, "image_path", "/etc/hostname"),
                       "cases.csv row 2: image path '/etc/hostname' escapes the manual dir"),
-    "ham_reordered_header": (_ham, lambda m: fixtures.rewrite_csv(m / "HAM10000_metadata.csv",
+    "ham_reordered_header": (_ham, lambda m: layouts.rewrite_csv(m / "HAM10000_metadata.csv",
                                                       lambda rs: [[r[0], r[2], r[1], *r[3:]] for r in rs]),
                              "HAM10000_metadata.csv row 1: columns are reordered"),
     "ham_missing_image": (_ham, _ham_missing_image, "HAM10000_metadata.csv row 5: image 'ISIC_"),
-    "ham_duplicated_row": (_ham, lambda m: fixtures.rewrite_csv(m / "HAM10000_metadata.csv", lambda rs: rs + [rs[3]]),
+    "ham_duplicated_row": (_ham, lambda m: layouts.rewrite_csv(m / "HAM10000_metadata.csv", lambda rs: rs + [rs[3]]),
                            "duplicated row"),
-    "scin_missing_column": (_scin, lambda m: fixtures.rewrite_csv(m / "dataset/scin_cases.csv", lambda rs: [
+    "scin_missing_column": (_scin, lambda m: layouts.rewrite_csv(m / "dataset/scin_cases.csv", lambda rs: [
         [v for v, c in zip(r, rs[0]) if c != "image_1_path"] for r in rs]),
         "scin_cases.csv row 1: missing column(s) image_1_path"),
-    "scin_duplicated_case": (_scin, lambda m: fixtures.rewrite_csv(m / "dataset/scin_cases.csv", lambda rs: rs + [rs[2]]),
+    "scin_duplicated_case": (_scin, lambda m: layouts.rewrite_csv(m / "dataset/scin_cases.csv", lambda rs: rs + [rs[2]]),
                              "scin_cases.csv row 16: duplicated case_id"),
-    "scin_duplicated_label": (_scin, lambda m: fixtures.rewrite_csv(m / "dataset/scin_labels.csv", lambda rs: rs + [rs[2]]),
+    "scin_duplicated_label": (_scin, lambda m: layouts.rewrite_csv(m / "dataset/scin_labels.csv", lambda rs: rs + [rs[2]]),
                               "scin_labels.csv row 16: duplicated case_id"),
     "scin_case_without_images": (_scin, _scin_case_without_images, "scin_cases.csv row 3: case "),
-    "cx_bad_path": (_chexpert, lambda m: fixtures.set_cell(_cx_train(m), 3, "Path", "CheXpert-v1.0-small/train/x.jpg"),
+    "cx_bad_path": (_chexpert, lambda m: layouts.set_cell(_cx_train(m), 3, "Path", "CheXpert-v1.0-small/train/x.jpg"),
                     "train.csv row 3: Path 'CheXpert-v1.0-small/train/x.jpg' is not of the form"),
-    "cx_escaping_path": (_chexpert, lambda m: fixtures.set_cell(_cx_train(m), 3, "Path",
+    "cx_escaping_path": (_chexpert, lambda m: layouts.set_cell(_cx_train(m), 3, "Path",
                                                        "../../patient00001/study1/view1_frontal.jpg"),
                          "train.csv row 3: image path '../../patient00001/study1/view1_frontal.jpg' escapes"),
     "cx_patient_in_train_and_valid": (_chexpert, _cx_patient_in_valid,
@@ -380,13 +385,13 @@ BAD_DOWNLOADS = {
     "cx_text_as_image": (_chexpert, lambda m: (m / list(csv.reader(open(_cx_train(m))))[4][0]).write_text("hello"),
                          "train.csv row 5: image 'CheXpert-v1.0-small/train/patient"),
     "nih_truncated_png": (_nih, _truncate_first_nih_image, "Data_Entry_2017_v2020.csv row 2: image '"),
-    "nih_bad_age": (_nih, lambda m: fixtures.set_cell(_nih_csv(m), 4, "Patient Age", "abc"),
+    "nih_bad_age": (_nih, lambda m: layouts.set_cell(_nih_csv(m), 4, "Patient Age", "abc"),
                     "Data_Entry_2017_v2020.csv row 4: Patient Age 'abc' is not an age"),
-    "nih_patient_id_mismatch": (_nih, lambda m: fixtures.set_cell(_nih_csv(m), 4, "Patient ID", "99999"),
+    "nih_patient_id_mismatch": (_nih, lambda m: layouts.set_cell(_nih_csv(m), 4, "Patient ID", "99999"),
                                 "Data_Entry_2017_v2020.csv row 4: Patient ID '99999' does not match image"),
-    "nih_bad_image_name": (_nih, lambda m: fixtures.set_cell(_nih_csv(m), 4, "Image Index", "scan.png"),
+    "nih_bad_image_name": (_nih, lambda m: layouts.set_cell(_nih_csv(m), 4, "Image Index", "scan.png"),
                            "row 4: Image Index 'scan.png' is not of the form NNNNNNNN_NNN.png"),
-    "nih_duplicated_row": (_nih, lambda m: fixtures.rewrite_csv(_nih_csv(m), lambda rs: rs + [rs[5]]), "duplicated row"),
+    "nih_duplicated_row": (_nih, lambda m: layouts.rewrite_csv(_nih_csv(m), lambda rs: rs + [rs[5]]), "duplicated row"),
     "nih_name_twice_in_list": (_nih, lambda m: (m / "test_list.txt").write_text(
         (m / "test_list.txt").read_text() + _lines(m / "test_list.txt")[0] + "\n"), "test_list.txt line "),
     "nih_patient_in_both_lists": (_nih, _nih_patient_in_both_lists, "is in both train_val_list.txt and test_list.txt"),
@@ -429,13 +434,13 @@ def test_chexpert_all_uncertain_or_blank_task_under_every_policy(tmp_path):
     """Edema is -1 on every train.csv row and Cardiomegaly blank on every row: each policy gives
     the documented labels, and the metrics report those tasks' AUC as undefined, by name,
     instead of failing or inventing one."""
-    manual = fixtures.write_chexpert(tmp_path / "cx")
+    manual = layouts.write_chexpert(tmp_path / "cx")
     def fill(records):
         for column, value in (("Edema", "-1.0"), ("Cardiomegaly", "")):
             for r in records[1:]:
                 r[records[0].index(column)] = value
         return records
-    fixtures.rewrite_csv(_cx_train(manual), fill)
+    layouts.rewrite_csv(_cx_train(manual), fill)
     datasets.builder_for("chexpert_v1", tmp_path / "t", manual)
     edema, cardio = CHEXPERT_TASKS.index("Edema"), CHEXPERT_TASKS.index("Cardiomegaly")
     expected_edema = {"mixed": (1, 1), "u_ones": (1, 1), "u_zeros": (0, 1), "u_ignore": (0, 0)}
@@ -460,7 +465,7 @@ def test_chexpert_all_uncertain_or_blank_task_under_every_policy(tmp_path):
 def generic(tmp_path_factory):
     """A built generic dataset (12 cases) shared by the experiment-level cases."""
     root = tmp_path_factory.mktemp("generic")
-    manual = fixtures.write_generic_cases(root / "manual", num_cases=12)
+    manual = layouts.write_generic_cases(root / "manual", num_cases=12)
     datasets.builder_for("derm_cases/generic", root / "tfds", manual)
     return root, manual
 
@@ -521,7 +526,7 @@ def test_eval_without_a_checkpoint(generic, tmp_path):
 
 
 def test_micle_on_a_dataset_without_bags(tmp_path):
-    manual = fixtures.write_chexpert(tmp_path / "cx")
+    manual = layouts.write_chexpert(tmp_path / "cx")
     message = run_error(tmp_path, manual, DataError, dataset="chexpert_v1", method="micle",
                         model_dir=str(tmp_path / "run"))
     assert "--method=micle needs cases with several images, but every example of chexpert_v1/train has one" in message

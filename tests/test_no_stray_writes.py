@@ -15,7 +15,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from simclr_med import fixtures
+from tests.fixtures import layouts
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--resnet_depth=18", "--image_size=32", "--train_batch_size=4", "--num_proj_layers=1", "--proj_out_dim=8",
@@ -64,7 +64,7 @@ def _inside(path: str, roots) -> bool:
 
 
 def test_pretrain_finetune_eval_export_write_only_to_model_and_data_dirs(tmp_path):
-    manual = fixtures.write_generic_cases(tmp_path / "manual", num_cases=12)
+    manual = layouts.write_generic_cases(tmp_path / "manual", num_cases=12)
     before_manual = sorted(p.relative_to(manual) for p in manual.rglob("*"))
     cwd, home, tmp = tmp_path / "cwd", tmp_path / "home", tmp_path / "tmp"
     for d in (cwd, home, tmp):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_med import fixtures
+from tests.fixtures import layouts
 
 REPO = Path(__file__).resolve().parents[1]
 SAVED_MODEL_CLI = Path(sys.executable).parent / "saved_model_cli"
@@ -46,7 +46,7 @@ def run_py(*flags):
 def runs(tmp_path_factory):
     """The pretraining run and the fine-tuning run started from it (each through run.py)."""
     root = tmp_path_factory.mktemp("cli")
-    manual = fixtures.write_generic_cases(root / "manual", num_cases=12)
+    manual = layouts.write_generic_cases(root / "manual", num_cases=12)
     data = ["--dataset=derm_cases/generic", f"--manual_dir={manual}", f"--data_dir={root / 'data'}"]
     pretrain = run_py("--mode=train_then_eval", "--train_mode=pretrain", f"--model_dir={root / 'pretrain'}",
                       *data, *TINY)

@@ -2,14 +2,14 @@
 
 The same as `tfds build tfds_builders/<builder> --config <config> ...`, whose command line in
 tensorflow-datasets 4.9.10 does not start without apache-beam and mlcroissant installed.
-`simclr_med.datasets.load(NAME, ..., data_dir=DIR)` then reuses the build.
+`simclr_med.data.datasets.load(NAME, ..., data_dir=DIR)` then reuses the build.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from simclr_med import datasets
+from simclr_med.data import datasets
 from simclr_med.errors import DataError
 
 

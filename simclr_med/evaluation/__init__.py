@@ -1,0 +1,1 @@
+"""Predictions and the paper's metrics, bootstrap statistics, comparisons, embeddings, the linear protocol, plots."""
