@@ -4,7 +4,8 @@ from setuptools import find_packages, setup
 setup(
     name="simclr-med",
     version="0.1.0",
-    description="Keras 3 reference implementation of SimCLR/MICLe pretraining for medical image classification",
+    description="Keras 3 reference implementation of SimCLR/MICLe pretraining for medical image "
+                "classification",
     packages=find_packages(include=["simclr_med", "simclr_med.*", "tfds_builders", "tfds_builders.*"]),
     python_requires=">=3.10,<3.13",
     install_requires=[
@@ -25,5 +26,5 @@ setup(
         "psutil>=5.9",
         "tensorboard>=2.20",  # tf.summary needs it; tensorflow-cpu 2.21 does not depend on it
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={"test": ["pytest>=8", "ruff>=0.6"]},
 )

@@ -13,7 +13,7 @@ import resource
 import statistics
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 # Benchmarks import simclr_med from the checkout without installing it.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,8 +90,9 @@ def set_threads(intra_op: int = 0, inter_op: int = 0) -> None:
 
 
 def add_onednn_flag(parser) -> None:
-    parser.add_argument("--onednn", choices=["1", "0", "tf"], default="1",
-                        help="TF_ENABLE_ONEDNN_OPTS: 1 as run.py sets it, 0 Eigen kernels, tf TensorFlow's own choice")
+    parser.add_argument(
+        "--onednn", choices=["1", "0", "tf"], default="1",
+        help="TF_ENABLE_ONEDNN_OPTS: 1 as run.py sets it, 0 Eigen kernels, tf TensorFlow's own choice")
 
 
 def apply_onednn_flag(value: str) -> None:
@@ -100,6 +101,13 @@ def apply_onednn_flag(value: str) -> None:
         os.environ.pop("TF_ENABLE_ONEDNN_OPTS", None)
     else:
         os.environ["TF_ENABLE_ONEDNN_OPTS"] = value
+
+
+_ENV_FLAGS = (
+    "TF_ENABLE_ONEDNN_OPTS", "OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
+    "KMP_BLOCKTIME", "MALLOC_ARENA_MAX", "LD_PRELOAD", "TF_MKL_ALLOC_MAX_BYTES", "TF_CPU_ALLOCATOR_USE_BFC",
+    "TF_CPU_BFC_MEM_LIMIT_IN_MB",
+)
 
 
 def environment() -> dict:
@@ -117,10 +125,7 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(),
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-        "env": {k: os.environ[k] for k in ("TF_ENABLE_ONEDNN_OPTS", "OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
-                                           "TF_NUM_INTEROP_THREADS", "KMP_BLOCKTIME", "MALLOC_ARENA_MAX",
-                                           "LD_PRELOAD", "TF_MKL_ALLOC_MAX_BYTES", "TF_CPU_ALLOCATOR_USE_BFC",
-                                           "TF_CPU_BFC_MEM_LIMIT_IN_MB") if k in os.environ},
+        "env": {k: os.environ[k] for k in _ENV_FLAGS if k in os.environ},
         "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
     }
 

@@ -41,11 +41,12 @@ def conv_shapes(depth: int, image_size: int) -> collections.Counter:
 def formulations():
     import tensorflow as tf
 
-    from simclr_med.models import conv
-    from simclr_med.models import winograd
+    from simclr_med.models import conv, winograd
 
     def flipped(x, k, s):
-        return conv.conv_forward_input_grad(x, k) if s == 1 and k.shape[0] % 2 else tf.nn.conv2d(x, k, s, "SAME")
+        if s == 1 and k.shape[0] % 2:
+            return conv.conv_forward_input_grad(x, k)
+        return tf.nn.conv2d(x, k, s, "SAME")
 
     def winograd_where_it_applies(x, k, s):  # stride-1 3x3; else the kernel, so totals stay comparable
         if s == 1 and k.shape[0] == 3:
@@ -100,7 +101,8 @@ def main(argv=None):
     shapes = conv_shapes(args.depth, args.image_size)
     totals = collections.Counter()
     for shape, count in shapes.items():
-        row = common.emit({"benchmark": "conv_kernels", "count": count, **time_shape(shape, args.batch, args.repeats)})
+        timed = time_shape(shape, args.batch, args.repeats)
+        row = common.emit({"benchmark": "conv_kernels", "count": count, **timed})
         keys = ("kernel_ms", "gemm_ms", "flipped_grad_ms", "winograd_ms")
         for key in keys + ("chosen_ms",):
             totals[key] += count * row[key]

@@ -29,16 +29,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from simclr_med import tf_env  # noqa: E402
+from simclr_med import tf_env  # noqa: E402  (after the sys.path lines above)
 
-tf_env.configure()  # run.py's kernels
+# TensorFlow reads its kernel settings once, at import: set them (as run.py does) before importing it.
+tf_env.configure()
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
 from common import emit, environment, load_average, peak_rss_gib  # noqa: E402
-from simclr_med.data import datasets  # noqa: E402
-from simclr_med.data import pipelines
+
+from simclr_med.data import datasets, pipelines  # noqa: E402
 
 REFERENCE_SOURCE_IMAGES_PER_S = 2600  # /work/shared/NOTES.md: the unmodified reference code, 96 → 64 px
 
@@ -107,8 +107,8 @@ def measure(ds: tf.data.Dataset, method: str, args) -> dict:
     if method == "reference":
         data = reference_dataset(ds, args.batch_size, args.image_size)
     else:
-        data = pipelines.pretrain_dataset(ds, method=method, batch_size=args.batch_size, image_size=args.image_size,
-                                          augmentation=args.preset, seed=0)
+        data = pipelines.pretrain_dataset(ds, method=method, batch_size=args.batch_size,
+                                          image_size=args.image_size, augmentation=args.preset, seed=0)
     it = iter(data)
     for _ in range(args.warmup_batches):  # tracing, XLA compilation, autotuning
         next(it)
@@ -143,11 +143,13 @@ def main():
     p.add_argument("--data", choices=["synthetic", "demo"], default="synthetic")
     args = p.parse_args()
     if args.data == "demo":
-        ds, _ = datasets.load("demo", "train", data_dir=os.path.join(tempfile.gettempdir(), "simclr_med_bench_data"))
+        data_dir = os.path.join(tempfile.gettempdir(), "simclr_med_bench_data")
+        ds, _ = datasets.load("demo", "train", data_dir=data_dir)
         ds = ds.map(lambda case: {"images": case["images"], "image_ids": case["image_ids"]}).cache()
     else:
         ds = synthetic_cases(512, args.source_size)
-    methods = {"all": ["simclr", "micle", "reference"], "both": ["simclr", "micle"]}.get(args.method, [args.method])
+    groups = {"all": ["simclr", "micle", "reference"], "both": ["simclr", "micle"]}
+    methods = groups.get(args.method, [args.method])
     for method in methods:
         emit(measure(ds, method, args))
 

@@ -29,8 +29,10 @@ def measure_matmul_peak(sizes=(2048, 3072, 4096), repeats: int = 5, device: str 
         for n in sizes:
             a = tf.random.stateless_normal((n, n), seed=(1, n))
             b = tf.random.stateless_normal((n, n), seed=(2, n))
-            # Reading a scalar back forces the matmul to finish before the clock stops.
-            run = lambda: float(tf.reduce_sum(tf.matmul(a, b)))  # noqa: E731
+            def run(a=a, b=b):  # binds this size's matrices
+                # Reading a scalar back forces the matmul to finish before the clock stops.
+                return float(tf.reduce_sum(tf.matmul(a, b)))
+
             times = common.time_repeated(run, repeats=repeats, warmup=1)
             per_size[n] = 2.0 * n**3 / common.median(times) / 1e9
     return {"gflops": max(per_size.values()), "per_size": per_size, "device": device}

@@ -42,9 +42,8 @@ def main(argv=None):
     common.apply_onednn_flag(args.onednn)
     import tensorflow as tf
 
-    from simclr_med.models import heads
-    from simclr_med.models import resnet
     from simclr_med.config import Config
+    from simclr_med.models import heads, resnet
 
     encoder = resnet.build_resnet(args.depth, args.width, input_shape=(64, 64, 3))
     head = heads.build_projection_head(encoder.output_shape[-1], num_layers=Config.num_proj_layers,

@@ -8,8 +8,8 @@ so `--method both` reports each (one process per method). Prints one JSON line p
 
     python benchmarks/pretrain_throughput.py --depth 50 --image_size 64 --batch_size 64
 
-Reference (docs: /work/shared/NOTES.md): google-research/simclr at ResNet-50, 64 px, batch 64,
-fp32 on 2 cores: 58.4 views/s, peak RSS 2.7 GiB; target >= 82 views/s within the same RSS.
+Each line carries the reference (google-research/simclr at ResNet-50, 64 px, batch 64, fp32 on
+2 cores) and the target from the constants below; README's Performance section has the figures.
 """
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=5, help="untimed executions (tracing included)")
     p.add_argument("--steps_per_execution", type=int, default=1)
     p.add_argument("--xla", action="store_true", help="jit_compile the train step")
-    p.add_argument("--winograd", type=int, choices=[0, 1], default=1, help="Winograd 3x3 convolutions (Config.winograd)")
+    p.add_argument("--winograd", type=int, choices=[0, 1], default=1,
+                   help="Winograd 3x3 convolutions (Config.winograd)")
     p.add_argument("--intra_op_threads", type=int, default=0, help="0: TF default")
     p.add_argument("--inter_op_threads", type=int, default=0, help="0: TF default")
     p.add_argument("--host_memory_limit_gib", type=float, default=0.0,
@@ -63,8 +64,7 @@ def parse_args(argv=None):
 def layer_flops(layer) -> int:
     """Forward FLOPs (2 per multiply-add) of the matmul-like layers; everything else is ignored.
 
-    BN, ReLU, pooling and adds are memory-bound and 0.4% of ResNet-50's FLOPs (tf.compat.v1
-    profiler on the frozen forward graph: 0.6872 vs 0.6846 GFLOP per 64-px view counted here);
+    BN, ReLU, pooling and adds are memory-bound and a negligible share of ResNet-50's FLOPs;
     leaving them out makes "fraction of the matmul peak" a fair comparison.
     """
     import keras
@@ -81,10 +81,11 @@ def layer_flops(layer) -> int:
     return 0
 
 
-def forward_flops_per_view(depth: int, width: int, image_size: int, *, proj_layers: int, proj_dim: int) -> int:
+def forward_flops_per_view(
+    depth: int, width: int, image_size: int, *, proj_layers: int, proj_dim: int
+) -> int:
     """Encoder + projection head forward FLOPs for one image, counted on fixed-shape copies."""
-    from simclr_med.models import heads
-    from simclr_med.models import resnet
+    from simclr_med.models import heads, resnet
 
     enc = resnet.build_resnet(depth, width, input_shape=(image_size, image_size, 3))
     head = heads.build_projection_head(enc.output_shape[-1], num_layers=proj_layers, out_dim=proj_dim)
@@ -105,10 +106,10 @@ def synthetic_dataset(batch_size: int, image_size: int, seed: int = 0):
 
 def demo_pipeline(method: str, batch_size: int, image_size: int, data_dir: str):
     try:
-        from simclr_med.data import datasets
-        from simclr_med.data import pipelines
+        from simclr_med.data import datasets, pipelines
     except ImportError as e:
-        raise SystemExit(f"--real_pipeline needs simclr_med.data.datasets and simclr_med.data.pipelines: {e}")
+        raise SystemExit(
+            f"--real_pipeline needs simclr_med.data.datasets and simclr_med.data.pipelines: {e}") from e
     ds, _ = datasets.load("demo", "train", data_dir=data_dir)
     return pipelines.pretrain_dataset(ds, method=method, batch_size=batch_size, image_size=image_size,
                                       augmentation="simclr")
@@ -143,9 +144,9 @@ def run(args) -> dict:
     """Times one method's step in this process; its peak RSS is this process's high-water mark."""
     load_at_start = common.load_average()
     common.set_threads(args.intra_op_threads, args.inter_op_threads)
+    from simclr_med.config import Config
     from simclr_med.train import factory
     from simclr_med.train import strategy as strategy_lib
-    from simclr_med.config import Config
 
     strategy = strategy_lib.make_strategy(args.strategy, num_logical_devices=args.num_logical_devices)
     factory.set_precision(args.precision)
@@ -153,10 +154,12 @@ def run(args) -> dict:
                                        proj_layers=Config.num_proj_layers, proj_dim=Config.proj_out_dim)
     cfg = Config(method=args.method, resnet_depth=args.depth, width_multiplier=args.width,
                  image_size=args.image_size, train_batch_size=args.batch_size,
-                 optimizer=args.optimizer, precision=args.precision, use_xla=args.xla, winograd=bool(args.winograd),
-                 steps_per_execution=args.steps_per_execution, train_steps=10**6)
+                 optimizer=args.optimizer, precision=args.precision, use_xla=args.xla,
+                 winograd=bool(args.winograd), steps_per_execution=args.steps_per_execution,
+                 train_steps=10**6)
     with strategy.scope():
-        model = factory.contrastive_model(cfg, num_train_examples=10**6, num_replicas=strategy.num_replicas_in_sync)
+        model = factory.contrastive_model(cfg, num_train_examples=10**6,
+                                          num_replicas=strategy.num_replicas_in_sync)
     with tempfile.TemporaryDirectory(prefix="simclr_med_bench_") as scratch:
         if args.real_pipeline:
             dataset = demo_pipeline(args.method, args.batch_size, args.image_size, args.data_dir or scratch)

@@ -9,16 +9,13 @@ import os
 import keras
 import tensorflow as tf
 
-from simclr_med.data import augment
-from simclr_med.train import factory
-from simclr_med.train import checkpoints
-from simclr_med.data import datasets
+from simclr_med import io
+from simclr_med.config import Config
+from simclr_med.data import datasets, pipelines
+from simclr_med.errors import CheckpointError, ConfigError, DataError
 from simclr_med.evaluation import predict
 from simclr_med.models import export
-from simclr_med.data import pipelines
-from simclr_med.train import loop
-from simclr_med.config import Config
-from simclr_med.errors import CheckpointError, ConfigError, DataError
+from simclr_med.train import checkpoints, factory, loop
 from simclr_med.train.strategy import check_steps_per_execution, make_strategy
 
 log = logging.getLogger(__name__)
@@ -29,7 +26,7 @@ SETTINGS_FILE = "settings.json"  # what a sweep point or transfer cell was run w
 def _load(cfg: Config, name: str, split: str, label_fraction: float = 1.0):
     return datasets.load(name, split, data_dir=cfg.data_dir, manual_dir=cfg.manual_dir or None,
                          uncertainty_policy=cfg.uncertainty_policy, label_fraction=label_fraction,
-                         seed=cfg.seed)
+                         seed=cfg.seed, pixel_bits=cfg.pixel_bits)
 
 
 def _distribute(strategy, dataset_fn):
@@ -40,10 +37,7 @@ def _distribute(strategy, dataset_fn):
 
 
 def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    io.write_json(path, obj, sort_keys=True)
 
 
 def _init_if_fresh(cfg: Config, encoder, projection_head=None) -> None:
@@ -79,9 +73,10 @@ def _loop_args(cfg: Config) -> dict:
 
 
 # Where files are, how the run is logged and which hardware runs it: free to change on a rerun.
-_BOOKKEEPING = ("model_dir", "data_dir", "manual_dir", "cache_dataset", "eval_batch_size", "keep_checkpoint_max",
-                "log_steps", "steps_per_execution", "strategy", "tpu", "num_logical_devices", "use_xla",
-                "winograd", "host_memory_limit_gib", "verbose", "sweep_learning_rates", "sweep_weight_decays")
+_BOOKKEEPING = ("model_dir", "data_dir", "manual_dir", "cache_dataset", "eval_batch_size",
+                "keep_checkpoint_max", "log_steps", "steps_per_execution", "strategy", "tpu",
+                "num_logical_devices", "use_xla", "winograd", "host_memory_limit_gib", "verbose",
+                "sweep_learning_rates", "sweep_weight_decays")
 
 
 def check_settings(cfg: Config, **extra) -> None:
@@ -90,12 +85,10 @@ def check_settings(cfg: Config, **extra) -> None:
     changed would otherwise be reported with results of the old one."""
     settings = {k: v for k, v in {**dataclasses.asdict(cfg), **extra}.items() if k not in _BOOKKEEPING}
     path = os.path.join(cfg.model_dir, SETTINGS_FILE)
-    if not os.path.exists(path):
-        os.makedirs(cfg.model_dir, exist_ok=True)
+    if not io.exists(path):
         _write_json(path, settings)
         return
-    with open(path) as f:
-        before = json.load(f)
+    before = io.read_json(path)
     changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
     if changed:
         detail = ", ".join(f"{k}: {before.get(k)!r} -> {settings.get(k)!r}" for k in changed[:3])
@@ -115,10 +108,9 @@ def _classes(cfg: Config, meta=None, run_dir: str | None = None) -> dict:
                                "seed": cfg.seed, "init_checkpoint": cfg.checkpoint}}
         _write_json(path, record)
         return record
-    if not os.path.exists(path):
+    if not io.exists(path):
         raise CheckpointError(f"{run_dir} holds no trained classifier ({CLASSES_FILE} missing)")
-    with open(path) as f:
-        return json.load(f)
+    return io.read_json(path)
 
 
 def _classifier(cfg: Config, strategy, classes: dict, num_examples: int):
@@ -149,14 +141,9 @@ def _checkpoint_to_evaluate(cfg: Config) -> str:
     return path
 
 
-def _restore_for_eval(cfg: Config, model, path: str | None = None) -> tuple[str, int]:
-    path = path or _checkpoint_to_evaluate(cfg)
-    try:
-        checkpoints.restore_weights(model, path)
-    except (tf.errors.OpError, IndexError, ValueError, AssertionError) as e:
-        raise CheckpointError(f"{path}: does not match this model ({str(e).splitlines()[0][:200]})") from None
-    step = checkpoints.step_of(path)
-    return path, step if step >= 0 else checkpoints.global_step(model.optimizer)
+def _restore_for_eval(cfg: Config, model) -> tuple[str, int]:
+    path = _checkpoint_to_evaluate(cfg)
+    return path, predict.restore_checkpoint(model, path)
 
 
 def _evaluate_classifier(cfg: Config, strategy, model=None) -> dict:
@@ -165,21 +152,17 @@ def _evaluate_classifier(cfg: Config, strategy, model=None) -> dict:
     classes = _classes(cfg, run_dir=os.path.dirname(path))
     if model is None:
         model = _classifier(cfg, strategy, classes, num_examples=1)
-    path, step = _restore_for_eval(cfg, model, path)
     name = cfg.eval_dataset or cfg.dataset
-    ds, meta = _load(cfg, name, cfg.eval_split)
-    dataset = pipelines.supervised_dataset(ds, meta, batch_size=cfg.eval_batch_size,
-                                           image_size=cfg.image_size, augmentation="none",
-                                           training=False, with_ids=True)
-    raw = predict.predict(model, dataset)
-    pred = predict.score(raw, model_classes=classes["class_names"],
-                          model_multi_label=classes["multi_label"], data_classes=meta.class_names,
-                          eval_tasks=classes["eval_tasks"])
-    out_dir = cfg.model_dir if not cfg.eval_dataset else os.path.join(cfg.model_dir, f"eval_{name.replace('/', '_')}")
+    if cfg.eval_dataset:
+        out_dir = os.path.join(cfg.model_dir, f"eval_{name.replace('/', '_')}")
+    else:
+        out_dir = cfg.model_dir
+    # What the run recorded of its training; the flags stand in for what it did not record.
     training = {"train_mode": cfg.train_mode, "label_fraction": cfg.label_fraction, "seed": cfg.seed,
-                "init_checkpoint": cfg.checkpoint, **classes.get("training", {})}  # older runs: the flags
-    result = predict.write_results(pred, out_dir, step=step, extra={
-        "checkpoint": path, "dataset": name, "split": cfg.eval_split, **training})
+                "init_checkpoint": cfg.checkpoint, **classes.get("training", {})}
+    data = lambda: predict.eval_data(cfg, name, cfg.eval_split)
+    extra = {"checkpoint": path, "dataset": name, "split": cfg.eval_split, **training}
+    result = predict.evaluate_checkpoint(model, path, data, classes, out_dir=out_dir, extra=extra)
     log.info("evaluation of %s on %s/%s: %s", path, name, cfg.eval_split,
              {k: v for k, v in result.items() if isinstance(v, float)})
     return result
@@ -233,13 +216,11 @@ def run(cfg: Config, on_checkpoint=None) -> dict:
     `on_checkpoint(model, step)`: see `loop.train` (e.g. validation for early stopping).
     """
     cfg.validate()
-    try:
-        augment.get_preset(cfg.augmentation)
-    except ValueError as e:
-        raise ConfigError(f"--augmentation: {e}") from None
     if cfg.data_dir == "":
         cfg.data_dir = os.path.join(cfg.model_dir, "data")
-    os.makedirs(cfg.model_dir, exist_ok=True)
+    cfg.model_dir, cfg.data_dir = io.run_path(cfg.model_dir), io.run_path(cfg.data_dir)
+    cfg.checkpoint = io.run_path(cfg.checkpoint)
+    io.makedirs(cfg.model_dir)
     _write_json(os.path.join(cfg.model_dir, f"flags_{cfg.mode}.json"), json.loads(cfg.to_json()))
     keras.utils.set_random_seed(cfg.seed)
     factory.set_precision(cfg.precision)

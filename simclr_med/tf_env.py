@@ -1,7 +1,7 @@
 """Process settings that TensorFlow reads once, when it is imported: call these first.
 
 oneDNN kernels are TensorFlow's default only on CPUs with AVX-512/AMX; on AVX2 CPUs they are off
-by default, yet they train a ResNet-50 ~30% faster than the Eigen kernels (README, Performance).
+by default, yet they train a ResNet-50 faster than the Eigen kernels (figures: README, Performance).
 Variables the user already set win.
 """
 import os
@@ -24,9 +24,8 @@ def limit_host_memory(gib: float) -> None:
     TensorFlow's CPU allocators are BFC pools that grow by doubling regions and never give memory
     back, so peak RSS is the runtime plus whatever of the pool a step has ever written. With two
     inter-op threads, ops run in varying orders and spread their tensors over more of the pool
-    than the live tensors need: ResNet-50 at 64 px, batch 64, has 1.54 GiB of live tensors and
-    peaks at 2.93 GiB RSS, or at 2.67 GiB and the same speed under a 1.75 GiB cap (README,
-    Performance). Too small a cap fails with an out-of-memory error.
+    than the live tensors need; a cap a little above the live tensors keeps the speed and lowers
+    the peak (README, Performance). Too small a cap fails with an out-of-memory error.
     """
     if gib <= 0:
         return
@@ -35,5 +34,6 @@ def limit_host_memory(gib: float) -> None:
     limit = int(gib * 2**30)
     os.environ["TF_MKL_ALLOC_MAX_BYTES"] = str(limit)  # oneDNN's pool
     os.environ["TF_CPU_BFC_MEM_LIMIT_IN_MB"] = str(limit // 2**20)  # the generic pool, wherever it is used
-    if os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0":  # Eigen kernels allocate with malloc unless asked for a pool
+    # Eigen kernels allocate with malloc unless asked for a pool.
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0":
         os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "1"

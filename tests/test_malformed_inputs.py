@@ -52,7 +52,7 @@ The bad inputs covered, where, and what each must say (``*``: tested in another 
     --color_jitter_strength=1.5 (inverts images)     "--color_jitter_strength=1.5 must be in [0, 1.25]"
     --log_steps=0, --weight_decay=-0.1 (and kin)     "--log_steps=0 must be >= 1" / "must be >= 0"
 38  unknown --augmentation                           "--augmentation: unknown augmentation 'fancy'"
-39  unknown dataset name                            "unknown dataset 'imagenet'; valid names: ..."
+39  unknown dataset name                             "unknown dataset 'imagenet'; valid names: ..."
 40  --mode=eval with no checkpoint (both kinds)      "no checkpoint to evaluate" / "classes.json missing"
 41  --checkpoint of a depth-34 run into depth 18     "does not fit this encoder (--resnet_depth ..."
 42  --checkpoint missing / empty dir / damaged .h5   "not a run directory ..." / "holds no
@@ -61,8 +61,8 @@ The bad inputs covered, where, and what each must say (``*``: tested in another 
 44  --data_dir is a file                             "data_dir '...' is not a directory"
 45  --eval_split that does not exist                 "has no split 'training'; splits: ..."
 46  --label_fraction leaving a class empty           "label_fraction=0.05 leaves class ... no example"
-47  NaN loss (--temperature=1e-45)                   "step 1: the loss or its gradients became NaN/Inf; stopped without
-                                                     saving", no checkpoint written
+47  NaN loss (--temperature=1e-45)                   "step 1: the loss or its gradients became NaN/Inf;
+                                                     stopped without saving", no checkpoint written
 48  run.py: non-integer / unknown flag (absl)        "Flags parsing error: ... --train_steps ...",
                                                      exit 1, no traceback
 49* missing cases.csv, missing / empty / non-dir     data/test_builders.test_missing_csv_and_missing_...
@@ -88,6 +88,21 @@ The bad inputs covered, where, and what each must say (``*``: tested in another 
 64* resuming a run of another architecture          train/test_loop.test_checkpoint_of_other_...
 65  --host_memory_limit_gib too small / negative     "OOM when allocating ...: --host_memory_limit_gib=0.05
                                                      is too small: raise it ..." / "must be >= 0"
+66  16-bit PNGs of 12 bits (max 4095), of 10 bits    works: stored rescaled, decoded to max 1 (not 0.062);
+    by sBIT, of the full 16 bits                     metadata pixel_bits names each depth and its source
+67  --pixel_bits=12 / too small for an image /       works: every 16-bit PNG read as 12 bits / "row N:
+    not the build's / --pixel_bits=7                 image ... has samples up to 4095, more than
+                                                     --pixel_bits=10 allows" / "was built with
+                                                     --pixel_bits=0" / "must be 0 (...) or 8..16"
+68  phone JPEG with EXIF orientation 6               works: stored upright (H and W swapped, turned 90°)
+69  header-only Data_Entry_2017.csv                  "Data_Entry_2017.csv: no rows, only the header"
+70  image path that is a directory                   "row 2: image '...' is a directory (...), not an
+                                                     image file"
+71  absolute image path inside the manual dir        works: the image id is the path relative to it
+72  file name NFD on disk, NFC in the CSV            works: names matched after Unicode normalisation
+73  CheXpert header without a column                 "row 1: unexpected header, missing column(s) Edema"
+74  NIH image twice with different findings          "row N: '...' is listed twice with different
+                                                     findings: 'Edema' (row 6) vs 'Edema|Mass'"
 ==  ===============================================  ================================================
 """
 import csv
@@ -96,27 +111,28 @@ import os
 import struct
 import subprocess
 import sys
+import unicodedata
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
-from simclr_med.data import datasets
 from simclr_med import experiment
-from tests.fixtures import layouts
-from simclr_med.evaluation import metrics
-from simclr_med.data import pipelines
-from simclr_med.models import resnet
 from simclr_med.config import Config
+from simclr_med.data import augment, datasets, pipelines
 from simclr_med.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, SimclrMedError
+from simclr_med.evaluation import metrics
+from simclr_med.models import resnet
+from tests.fixtures import layouts
 from tfds_builders.cxr_labels import CHEXPERT_TASKS, POLICIES
+from tfds_builders.seg_masks import seg_masks_dataset_builder
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = dict(resnet_depth=18, image_size=32, train_batch_size=4, num_proj_layers=1, proj_out_dim=8, train_steps=1,
-            warmup_epochs=0, checkpoint_steps=1, verbose=0)
+TINY = dict(resnet_depth=18, image_size=32, train_batch_size=4, num_proj_layers=1, proj_out_dim=8,
+            train_steps=1, warmup_epochs=0, checkpoint_steps=1, verbose=0)
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -209,8 +225,10 @@ def test_unusual_images_work_and_bad_ones_in_bags_are_skipped(tmp_path):
     builder = datasets.builder_for("derm_cases/generic", tmp_path / "t", tmp_path / "m")
     skipped = builder.info.metadata["skipped_images"]
     assert len(skipped) == 2
-    assert any(f"cases.csv row {bad_rows['bomb_bag']}" in s and "DecompressionBombError" in s for s in skipped)
-    assert any(f"cases.csv row {bad_rows['bmp_bag']}" in s and "is BMP; only JPEG and PNG" in s for s in skipped)
+    assert any(f"cases.csv row {bad_rows['bomb_bag']}" in s and "DecompressionBombError" in s
+               for s in skipped)
+    assert any(f"cases.csv row {bad_rows['bmp_bag']}" in s and "is BMP; only JPEG and PNG" in s
+               for s in skipped)
 
     seen = {}
     for split in builder.info.splits:
@@ -226,10 +244,11 @@ def test_unusual_images_work_and_bad_ones_in_bags_are_skipped(tmp_path):
         np.testing.assert_allclose(image.reshape(-1, 3).mean(0), rgb, atol=tol, err_msg=case)
         np.testing.assert_allclose(image.reshape(-1, 3).std(0), 0, atol=tol, err_msg=case)
 
-    every_split = [datasets.load("derm_cases/generic", s, data_dir=tmp_path / "t")[0] for s in builder.info.splits]
+    every_split = [datasets.load("derm_cases/generic", s, data_dir=tmp_path / "t")[0]
+                   for s in builder.info.splits]
     ds = every_split[0].concatenate(every_split[1]).concatenate(every_split[2])
-    views = pipelines.pretrain_dataset(ds, method="simclr", batch_size=16, image_size=16, augmentation="simclr",
-                                       with_ids=True)
+    views = pipelines.pretrain_dataset(ds, method="simclr", batch_size=16, image_size=16,
+                                       augmentation="simclr", with_ids=True)
     views = next(iter(views))  # 16 views: each of the 11 images at least once, in random resized crops
     assert {i.decode().rsplit("/", 1)[1] for i in views["id1"].numpy()} >= {n for n, *_ in UNUSUAL.values()}
     assert views["view1"].shape == (16, 16, 16, 3) and np.isfinite(views["view1"].numpy()).all()
@@ -239,11 +258,128 @@ def test_decompression_bomb_alone_in_a_case_fails(tmp_path):
     manual = layouts.write_generic_cases(tmp_path / "m", num_cases=12)
     with open(manual / "cases.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    row, r = next((i, r) for i, r in enumerate(rows, 2) if sum(x["case_id"] == r["case_id"] for x in rows) == 1)
+    row, r = next((i, r) for i, r in enumerate(rows, 2)
+                  if sum(x["case_id"] == r["case_id"] for x in rows) == 1)
     (manual / r["image_path"]).write_bytes(png_header(40000, 40000))
     msg = build_error("derm_cases/generic", manual, tmp_path / "t")
     assert f"cases.csv row {row}: case '{r['case_id']}' has no readable image" in msg
     assert "DecompressionBombError" in msg and "1600000000 pixels" in msg
+
+
+# --- 66-68: 16-bit PNGs of fewer significant bits, EXIF orientation ---------------------------------
+
+def png16(array, sbit=None) -> bytes:
+    """A 16-bit PNG of `array`, with an sBIT chunk recording `sbit` significant bits if given."""
+    info = PngImagePlugin.PngInfo()
+    if sbit:
+        info.add(b"sBIT", bytes([sbit]))
+    out = io.BytesIO()
+    Image.fromarray(np.asarray(array, np.uint16)).save(out, "PNG", pnginfo=info)
+    return out.getvalue()
+
+
+def exif_jpeg(orientation) -> bytes:
+    """A 20 x 30 JPEG, top half white, whose EXIF says how to turn it for display."""
+    pixels = np.zeros((20, 30, 3), np.uint8)
+    pixels[:10] = 255
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "JPEG", exif=exif, quality=95)
+    return out.getvalue()
+
+
+# image → (bytes, value every pixel decodes to when the build reads each image's own depth)
+REWRITTEN = {
+    "bits12.png": (lambda: png16(constant((20, 30), 4095, np.uint16)), 1.0),  # 12 bits by its maximum
+    "sbit10.png": (lambda: png16(constant((20, 30), 1023, np.uint16), sbit=10), 1.0),
+    # sBIT before the maximum: 300 / 1023, not 300 / 511
+    "sbit10_dark.png": (lambda: png16(constant((20, 30), 300, np.uint16), sbit=10), 300 / 1023),
+    "full16.png": (lambda: png16(constant((20, 30), 40000, np.uint16)), 40000 / 65535),
+    "rotated.jpg": (lambda: exif_jpeg(6), None),
+}
+
+
+def write_rewritten(manual: Path, names=tuple(REWRITTEN)) -> None:
+    """One single-image case per image of REWRITTEN, added to a generic manual dir."""
+    for name in names:
+        (manual / "images" / name).write_bytes(REWRITTEN[name][0]())
+    rows = [[n.split(".")[0], f"images/{n}", "eczema", "", "", ""] for n in names]
+    layouts.rewrite_csv(_cases(manual), lambda rs: rs + rows)
+
+
+def stored_images(builder) -> dict:
+    """image id → the bytes the build stored."""
+    return {i.decode(): bytes(b) for s in builder.info.splits
+            for ex in builder.as_dataset(split=s).as_numpy_iterator()
+            for i, b in zip(ex["image_ids"], ex["images"])}
+
+
+@pytest.fixture(scope="module")
+def rewritten(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rewritten")
+    manual = layouts.write_generic_cases(root / "manual", num_cases=12)
+    write_rewritten(manual)
+    return root, manual, datasets.builder_for("derm_cases/generic", root / "tfds", manual)
+
+
+def test_16_bit_pngs_decode_by_their_significant_bits(rewritten):
+    root, manual, builder = rewritten
+    images = stored_images(builder)
+    for name, (_, value) in REWRITTEN.items():
+        if value is not None:  # not 4095 / 65535 = 0.062, as a division by the 16-bit range gives
+            decoded = augment.decode_image(images[f"images/{name}"]).numpy()
+            np.testing.assert_allclose(decoded, value, atol=1e-4, err_msg=name)
+    # The uint8 that embeddings feed a SavedModel (and its clients send) is right too.
+    assert tf.io.decode_image(images["images/bits12.png"], dtype=tf.uint8).numpy().min() == 255
+    assert seg_masks_dataset_builder.read_image(str(manual / "images/bits12.png")).min() == 255  # seg_masks
+    seen = {}  # and what the evaluation pipeline makes of them
+    for split in builder.info.splits:
+        ds, meta = datasets.load("derm_cases/generic", split, data_dir=root / "tfds")
+        for batch in pipelines.supervised_dataset(ds, meta, batch_size=8, image_size=16, augmentation="none",
+                                                  training=False, with_ids=True):
+            seen.update(zip(batch["case_id"].numpy().astype(str), batch["image"].numpy()))
+    np.testing.assert_allclose(seen["bits12"], 1.0, atol=1e-4)
+    np.testing.assert_allclose(seen["sbit10_dark"], 300 / 1023, atol=1e-4)
+
+    reused = datasets.builder_for("derm_cases/generic", root / "tfds")  # the record is on disk
+    record = reused.info.metadata["pixel_bits"]
+    assert record["flag"] == 0 and "sBIT" in record["rule"]
+    assert {k: (v["images"], set(v["examples"])) for k, v in record["16_bit_images"].items()} == {
+        "12 bits (maximum)": (1, {"images/bits12.png"}),
+        "10 bits (sBIT)": (2, {"images/sbit10.png", "images/sbit10_dark.png"}),
+        "16 bits (maximum)": (1, {"images/full16.png"})}
+
+
+def test_pixel_bits_sets_one_depth_for_every_16_bit_png(rewritten, tmp_path):
+    root, manual, _ = rewritten
+    with pytest.raises(DataError) as err:  # full16.png holds 40000
+        datasets.builder_for("derm_cases/generic", tmp_path / "t", manual, pixel_bits=12)
+    row = next(i for i, r in enumerate(csv.reader(open(_cases(manual))), 1) if r[1] == "images/full16.png")
+    assert str(err.value).startswith(f"cases.csv row {row}: image 'images/full16.png' has samples up to "
+                                     f"40000, more than --pixel_bits=12 allows (4095)")
+    assert_nothing_built(tmp_path / "t")
+
+    fewer = layouts.write_generic_cases(tmp_path / "m", num_cases=12)
+    write_rewritten(fewer, ["bits12.png", "sbit10.png"])
+    builder = datasets.builder_for("derm_cases/generic", tmp_path / "t", fewer, pixel_bits=12)
+    images = stored_images(builder)
+    for name, value in (("sbit10.png", 1023 / 4095), ("bits12.png", 1.0)):
+        np.testing.assert_allclose(augment.decode_image(images[f"images/{name}"]).numpy(), value, atol=1e-4)
+    record = builder.info.metadata["pixel_bits"]
+    assert record["flag"] == 12 and list(record["16_bit_images"]) == ["12 bits (--pixel_bits)"]
+
+    with pytest.raises(DataError, match=r"tfds.* was built with --pixel_bits=0, not 12; pass that"):
+        datasets.load("derm_cases/generic", "train", data_dir=root / "tfds", pixel_bits=12)
+    assert datasets.load("derm_cases/generic", "train", data_dir=root / "tfds", pixel_bits=0)[1].num_examples
+
+
+def test_exif_orientation_is_applied(rewritten):
+    _, _, builder = rewritten
+    image = augment.decode_image(stored_images(builder)["images/rotated.jpg"]).numpy()
+    assert image.shape == (30, 20, 3)  # stored 20 x 30 with orientation 6: turned 90° clockwise
+    assert image[:, 13:].min() > 0.9 and image[:, :7].max() < 0.1  # the white top is now on the right
+    assert builder.info.metadata["exif_upright"] == {"images": 1, "examples": ["images/rotated.jpg"]}
 
 
 # --- 8-33: manual downloads the builders refuse ----------------------------------------------------
@@ -337,6 +473,21 @@ def _nih_empty_test_list(m):
     (m / "test_list.txt").write_text("")
 
 
+def _nih_old(d):
+    return "nih_chestxray14", layouts.write_nih(d, old_csv=True)
+
+
+def _image_to_directory(m):
+    (m / "images/case000_0.png").unlink()
+    (m / "images/case000_0.png").mkdir()
+
+
+def _nih_findings_differ(m):
+    """Row 6 again at the end, with one finding more."""
+    layouts.set_cell(_nih_csv(m), 6, "Finding Labels", "Edema")
+    layouts.rewrite_csv(_nih_csv(m), lambda rs: rs + [[rs[5][0], "Edema|Mass", *rs[5][2:]]])
+
+
 def _truncate_first_nih_image(m):
     path = m / "images" / list(csv.reader(open(_nih_csv(m))))[1][0]
     data = path.read_bytes()
@@ -345,34 +496,43 @@ def _truncate_first_nih_image(m):
 
 BAD_DOWNLOADS = {
     # id: (writer, edit(manual dir), expected part of the message)
-    "empty_csv": (_generic, lambda m: _cases(m).write_bytes(b""), "cases.csv: empty file, expected a header row"),
-    "header_only": (_generic, lambda m: layouts.rewrite_csv(_cases(m), lambda rs: rs[:1]), "no labelled case found in cases.csv"),
-    "extra_field": (_generic, lambda m: layouts.rewrite_csv(_cases(m), lambda rs: rs[:2] + [rs[2] + ["x"]] + rs[3:]),
+    "empty_csv": (_generic, lambda m: _cases(m).write_bytes(b""),
+                  "cases.csv: empty file, expected a header row"),
+    "header_only": (_generic, lambda m: layouts.rewrite_csv(_cases(m), lambda rs: rs[:1]),
+                    "no labelled case found in cases.csv"),
+    "extra_field": (_generic,
+                    lambda m: layouts.rewrite_csv(_cases(m), lambda rs: rs[:2] + [rs[2] + ["x"]] + rs[3:]),
                     "cases.csv row 3: 7 fields but the header has 6"),
     "not_utf8": (_generic, _latin1, "cases.csv: cannot be read as a CSV"),
     "unknown_column": (_generic, lambda m: _rename_column(m, "skin_type", "skintype"),
                        "cases.csv row 1: unknown column(s) skintype"),
     "duplicated_column": (_generic, lambda m: _rename_column(m, "sex", "label"),
                           "cases.csv row 1: duplicated column names"),
-    "blank_label": (_generic, lambda m: layouts.set_cell(_cases(m), 2, "label", ""), "cases.csv row 2: empty label for case"),
-    "blank_case_id": (_generic, lambda m: layouts.set_cell(_cases(m), 2, "case_id", ""), "cases.csv row 2: empty case_id"),
+    "blank_label": (_generic, lambda m: layouts.set_cell(_cases(m), 2, "label", ""),
+                    "cases.csv row 2: empty label for case"),
+    "blank_case_id": (_generic, lambda m: layouts.set_cell(_cases(m), 2, "case_id", ""),
+                      "cases.csv row 2: empty case_id"),
     "absolute_path": (_generic, lambda m: layouts.set_cell(_cases(m), 2, "image_path", "/etc/hostname"),
                       "cases.csv row 2: image path '/etc/hostname' escapes the manual dir"),
     "ham_reordered_header": (_ham, lambda m: layouts.rewrite_csv(m / "HAM10000_metadata.csv",
                                                       lambda rs: [[r[0], r[2], r[1], *r[3:]] for r in rs]),
                              "HAM10000_metadata.csv row 1: columns are reordered"),
     "ham_missing_image": (_ham, _ham_missing_image, "HAM10000_metadata.csv row 5: image 'ISIC_"),
-    "ham_duplicated_row": (_ham, lambda m: layouts.rewrite_csv(m / "HAM10000_metadata.csv", lambda rs: rs + [rs[3]]),
+    "ham_duplicated_row": (_ham, lambda m: layouts.rewrite_csv(m / "HAM10000_metadata.csv",
+                                                               lambda rs: rs + [rs[3]]),
                            "duplicated row"),
     "scin_missing_column": (_scin, lambda m: layouts.rewrite_csv(m / "dataset/scin_cases.csv", lambda rs: [
         [v for v, c in zip(r, rs[0]) if c != "image_1_path"] for r in rs]),
         "scin_cases.csv row 1: missing column(s) image_1_path"),
-    "scin_duplicated_case": (_scin, lambda m: layouts.rewrite_csv(m / "dataset/scin_cases.csv", lambda rs: rs + [rs[2]]),
+    "scin_duplicated_case": (_scin, lambda m: layouts.rewrite_csv(m / "dataset/scin_cases.csv",
+                                                                  lambda rs: rs + [rs[2]]),
                              "scin_cases.csv row 16: duplicated case_id"),
-    "scin_duplicated_label": (_scin, lambda m: layouts.rewrite_csv(m / "dataset/scin_labels.csv", lambda rs: rs + [rs[2]]),
+    "scin_duplicated_label": (_scin, lambda m: layouts.rewrite_csv(m / "dataset/scin_labels.csv",
+                                                                   lambda rs: rs + [rs[2]]),
                               "scin_labels.csv row 16: duplicated case_id"),
     "scin_case_without_images": (_scin, _scin_case_without_images, "scin_cases.csv row 3: case "),
-    "cx_bad_path": (_chexpert, lambda m: layouts.set_cell(_cx_train(m), 3, "Path", "CheXpert-v1.0-small/train/x.jpg"),
+    "cx_bad_path": (_chexpert,
+                    lambda m: layouts.set_cell(_cx_train(m), 3, "Path", "CheXpert-v1.0-small/train/x.jpg"),
                     "train.csv row 3: Path 'CheXpert-v1.0-small/train/x.jpg' is not of the form"),
     "cx_escaping_path": (_chexpert, lambda m: layouts.set_cell(_cx_train(m), 3, "Path",
                                                        "../../patient00001/study1/view1_frontal.jpg"),
@@ -382,7 +542,8 @@ BAD_DOWNLOADS = {
     "cx_two_patients": (_chexpert, _cx_two_patients, "would be empty"),
     "cx_valid_csv_missing": (_chexpert, lambda m: (m / "CheXpert-v1.0-small/valid.csv").unlink(),
                              "valid.csv not found under"),
-    "cx_text_as_image": (_chexpert, lambda m: (m / list(csv.reader(open(_cx_train(m))))[4][0]).write_text("hello"),
+    "cx_text_as_image": (_chexpert,
+                         lambda m: (m / list(csv.reader(open(_cx_train(m))))[4][0]).write_text("hello"),
                          "train.csv row 5: image 'CheXpert-v1.0-small/train/patient"),
     "nih_truncated_png": (_nih, _truncate_first_nih_image, "Data_Entry_2017_v2020.csv row 2: image '"),
     "nih_bad_age": (_nih, lambda m: layouts.set_cell(_nih_csv(m), 4, "Patient Age", "abc"),
@@ -391,15 +552,26 @@ BAD_DOWNLOADS = {
                                 "Data_Entry_2017_v2020.csv row 4: Patient ID '99999' does not match image"),
     "nih_bad_image_name": (_nih, lambda m: layouts.set_cell(_nih_csv(m), 4, "Image Index", "scan.png"),
                            "row 4: Image Index 'scan.png' is not of the form NNNNNNNN_NNN.png"),
-    "nih_duplicated_row": (_nih, lambda m: layouts.rewrite_csv(_nih_csv(m), lambda rs: rs + [rs[5]]), "duplicated row"),
+    "nih_duplicated_row": (_nih, lambda m: layouts.rewrite_csv(_nih_csv(m), lambda rs: rs + [rs[5]]),
+                           "duplicated row"),
     "nih_name_twice_in_list": (_nih, lambda m: (m / "test_list.txt").write_text(
         (m / "test_list.txt").read_text() + _lines(m / "test_list.txt")[0] + "\n"), "test_list.txt line "),
-    "nih_patient_in_both_lists": (_nih, _nih_patient_in_both_lists, "is in both train_val_list.txt and test_list.txt"),
+    "nih_patient_in_both_lists": (_nih, _nih_patient_in_both_lists,
+                                  "is in both train_val_list.txt and test_list.txt"),
     "nih_empty_test_list": (_nih, _nih_empty_test_list, "test_list.txt: split test would be empty"),
     "nih_list_missing": (_nih, lambda m: (m / "test_list.txt").unlink(), "test_list.txt not found under"),
     "nih_list_names_unknown_image": (_nih, lambda m: (m / "test_list.txt").write_text(
         (m / "test_list.txt").read_text() + "99999999_000.png\n"),
         "'99999999_000.png' is not in Data_Entry_2017_v2020.csv"),
+    "nih_header_only": (_nih_old, lambda m: layouts.rewrite_csv(m / "Data_Entry_2017.csv", lambda rs: rs[:1]),
+                        "Data_Entry_2017.csv: no rows, only the header"),
+    "directory_as_image": (_generic, _image_to_directory,
+                           "cases.csv row 2: image 'images/case000_0.png' is a directory ("),
+    "cx_missing_column": (_chexpert, lambda m: layouts.rewrite_csv(_cx_train(m), lambda rs: [
+        [v for v, c in zip(r, rs[0]) if c != "Edema"] for r in rs]),
+        "train.csv row 1: unexpected header, missing column(s) Edema; expected "),
+    "nih_findings_differ": (_nih, _nih_findings_differ,
+                            "is listed twice with different findings: 'Edema' (row 6) vs 'Edema|Mass'"),
 }
 
 
@@ -421,11 +593,24 @@ def test_messages_of_the_less_obvious_ones(tmp_path):
     assert "is corrupt or truncated" in build_error(name, manual, tmp_path / "t2")
     name, manual = _ham(tmp_path / "ham")
     image_id = _ham_missing_image(manual)
-    assert f"image '{image_id}.jpg' not found in HAM10000_images_part_1/ or HAM10000_images_part_2/" in build_error(
-        name, manual, tmp_path / "t3")
+    assert (f"image '{image_id}.jpg' not found in HAM10000_images_part_1/ or HAM10000_images_part_2/"
+            in build_error(name, manual, tmp_path / "t3"))
     name, manual = _scin(tmp_path / "scin")
     _scin_case_without_images(manual)
     assert "lists no image" in build_error(name, manual, tmp_path / "t4")
+
+
+def test_paths_naming_files_inside_the_manual_dir_work(tmp_path):
+    """An absolute path into the manual dir is read as the path relative to it; a name typed
+    composed (NFC) in the CSV finds the file stored decomposed (NFD, as macOS writes names)."""
+    manual = layouts.write_generic_cases(tmp_path / "m", num_cases=12)
+    layouts.set_cell(_cases(manual), 2, "image_path", str(manual / "images/case000_0.png"))
+    composed = unicodedata.normalize("NFC", "images/café_0.png")
+    layouts.write_image(manual / unicodedata.normalize("NFD", composed), np.random.default_rng(0), "RGB")
+    layouts.rewrite_csv(_cases(manual), lambda rs: rs + [["cafe_case", composed, "eczema", "", "", ""]])
+    stored = stored_images(datasets.builder_for("derm_cases/generic", tmp_path / "t", manual))
+    assert stored["images/case000_0.png"] == (manual / "images/case000_0.png").read_bytes()
+    assert stored[composed] == (manual / unicodedata.normalize("NFD", composed)).read_bytes()
 
 
 # --- 34: CheXpert uncertain and blank labels under every policy ------------------------------------
@@ -485,9 +670,12 @@ def test_contradictory_flags(generic):
     root, manual = generic
     assert "--method=micle only applies to --train_mode=pretrain" in run_error(
         root, manual, ConfigError, method="micle", train_mode="finetune")
-    assert "--label_fraction=0.0 must be in (0, 1]" in run_error(root, manual, ConfigError, label_fraction=0.0)
-    assert "--color_jitter_strength=1.5 must be in [0, 1.25]" in run_error(root, manual, ConfigError,
-                                                                             color_jitter_strength=1.5)
+    assert "--label_fraction=0.0 must be in (0, 1]" in run_error(
+        root, manual, ConfigError, label_fraction=0.0)
+    assert "--color_jitter_strength=1.5 must be in [0, 1.25]" in run_error(
+        root, manual, ConfigError, color_jitter_strength=1.5)
+    assert "--pixel_bits=7 must be 0 (each image's own depth) or 8..16" in run_error(
+        root, manual, ConfigError, pixel_bits=7)
     assert "--log_steps=0 must be >= 1" in run_error(root, manual, ConfigError, log_steps=0)
     assert "--weight_decay=-0.1 must be >= 0" in run_error(root, manual, ConfigError, weight_decay=-0.1)
     assert "--augmentation: unknown augmentation 'fancy'; expected one of simclr" in run_error(
@@ -516,7 +704,8 @@ def test_eval_without_a_checkpoint(generic, tmp_path):
         root, manual, CheckpointError, mode="eval", model_dir=str(tmp_path / "a"))
     assert f"{tmp_path / 'b'}: no checkpoint to evaluate (train first)" in run_error(
         root, manual, CheckpointError, mode="eval", train_mode="finetune", model_dir=str(tmp_path / "b"))
-    assert not tf.io.gfile.glob(str(tmp_path / "*" / "ckpt-*")) and not (tmp_path / "a" / "result.json").exists()
+    assert (not tf.io.gfile.glob(str(tmp_path / "*" / "ckpt-*"))
+            and not (tmp_path / "a" / "result.json").exists())
     # A checkpoint without the classifier's record (a pretraining run evaluated as a classifier).
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "ckpt-1.index").write_bytes(b"")
@@ -529,15 +718,16 @@ def test_micle_on_a_dataset_without_bags(tmp_path):
     manual = layouts.write_chexpert(tmp_path / "cx")
     message = run_error(tmp_path, manual, DataError, dataset="chexpert_v1", method="micle",
                         model_dir=str(tmp_path / "run"))
-    assert "--method=micle needs cases with several images, but every example of chexpert_v1/train has one" in message
+    assert ("--method=micle needs cases with several images, "
+            "but every example of chexpert_v1/train has one") in message
     assert not tf.io.gfile.glob(str(tmp_path / "run*" / "ckpt-*"))
 
 
 def test_bad_init_checkpoints(generic, tmp_path):
     root, manual = generic
     finetune = dict(train_mode="finetune", model_dir=str(tmp_path / "run"))
-    assert f"--checkpoint={tmp_path / 'nope'}: not a run directory, checkpoint prefix or Keras weights file" in \
-        run_error(root, manual, CheckpointError, checkpoint=str(tmp_path / "nope"), **finetune)
+    assert (f"--checkpoint={tmp_path / 'nope'}: not a run directory, checkpoint prefix or Keras weights file"
+            in run_error(root, manual, CheckpointError, checkpoint=str(tmp_path / "nope"), **finetune))
     (tmp_path / "empty_run").mkdir()
     assert "directory holds no checkpoint" in run_error(root, manual, CheckpointError,
                                                         checkpoint=str(tmp_path / "empty_run"), **finetune)
@@ -547,7 +737,8 @@ def test_bad_init_checkpoints(generic, tmp_path):
 
     deep = resnet.build_resnet(34, input_shape=(32, 32, 3))  # a depth-34 pretraining run's encoder
     tf.train.Checkpoint(model=tf.train.Checkpoint(encoder=deep)).write(str(tmp_path / "r34" / "ckpt-5"))
-    message = run_error(root, manual, CheckpointError, checkpoint=str(tmp_path / "r34" / "ckpt-5"), **finetune)
+    message = run_error(root, manual, CheckpointError, checkpoint=str(tmp_path / "r34" / "ckpt-5"),
+                        **finetune)
     assert f"--checkpoint={tmp_path / 'r34' / 'ckpt-5'}: does not fit this encoder (--resnet_depth" in message
     assert not tf.io.gfile.glob(str(tmp_path / "run" / "ckpt-*"))  # nothing trained from a half-loaded model
 
@@ -564,8 +755,9 @@ def test_nan_loss_names_the_step_and_saves_nothing(generic, tmp_path):
 # --- 36, 38, 42, 48, 65 through run.py: one line on stderr, no traceback -----------------------------
 
 def _cli(args, cwd):
-    return subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    return subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
 
 
 def test_run_py_prints_one_line_errors_without_traceback(generic, tmp_path):
@@ -576,7 +768,8 @@ def test_run_py_prints_one_line_errors_without_traceback(generic, tmp_path):
         ("--dataset=derm_cases/generic", f"--manual_dir={manual}", "--augmentation=fancy"):
             "simclr-med: error: --augmentation: unknown augmentation 'fancy'",
         ("--dataset=derm_cases/generic", f"--manual_dir={manual}", "--train_mode=finetune",
-         f"--checkpoint={tmp_path / 'nope'}"): f"simclr-med: error: --checkpoint={tmp_path / 'nope'}: not a run",
+         f"--checkpoint={tmp_path / 'nope'}"):
+            f"simclr-med: error: --checkpoint={tmp_path / 'nope'}: not a run",
         ("--dataset=derm_cases/generic", f"--manual_dir={manual}", "--host_memory_limit_gib=0.05"):
             "simclr-med: error: ",  # TensorFlow's out-of-memory line, then the advice checked below
     }
@@ -590,10 +783,11 @@ def test_run_py_prints_one_line_errors_without_traceback(generic, tmp_path):
     procs = {args: _cli([*common, f"--model_dir={tmp_path / f'run{i}'}", *args], tmp_path)
              for i, args in enumerate(cases)}
     for args, (code, expected) in fast.items():
-        done = subprocess.run([sys.executable, str(REPO / "run.py"), *common, f"--model_dir={tmp_path / 'run'}",
-                               *args], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=60)
-        assert done.returncode == code and expected in done.stderr and "Traceback" not in done.stderr, done.stderr
+        done = subprocess.run([sys.executable, str(REPO / "run.py"), *common,
+                               f"--model_dir={tmp_path / 'run'}", *args],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert (done.returncode == code and expected in done.stderr
+                and "Traceback" not in done.stderr), done.stderr
     for args, proc in procs.items():
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 2, err[-3000:]

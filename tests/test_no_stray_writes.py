@@ -18,8 +18,8 @@ from pathlib import Path
 from tests.fixtures import layouts
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--resnet_depth=18", "--image_size=32", "--train_batch_size=4", "--num_proj_layers=1", "--proj_out_dim=8",
-        "--warmup_epochs=0", "--train_steps=2", "--checkpoint_steps=2", "--verbose=0"]
+TINY = ["--resnet_depth=18", "--image_size=32", "--train_batch_size=4", "--num_proj_layers=1",
+        "--proj_out_dim=8", "--warmup_epochs=0", "--train_steps=2", "--checkpoint_steps=2", "--verbose=0"]
 # Variables that would move Keras' or matplotlib's files away from $HOME and so hide a stray write.
 _TOOL_DIRS = ("KERAS_HOME", "MPLCONFIGDIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "TFDS_DATA_DIR")
 _TRACED = "open,openat,creat,mkdir,mkdirat,rename,renameat,renameat2,link,linkat,symlink,symlinkat"
@@ -81,18 +81,20 @@ def test_pretrain_finetune_eval_export_write_only_to_model_and_data_dirs(tmp_pat
     for name, (flags, model_dir) in commands.items():
         log = tmp_path / f"strace_{name}.txt"
         tracer = strace_prefix(log)
-        done = subprocess.run([*(tracer or []), sys.executable, str(REPO / "run.py"), *common, *flags], cwd=cwd,
-                              env=env, capture_output=True, text=True, timeout=600)
+        done = subprocess.run([*(tracer or []), sys.executable, str(REPO / "run.py"), *common, *flags],
+                              cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-4000:]
         for folder in (cwd, home, tmp):
             assert not any(folder.iterdir()), f"{name} left {sorted(map(str, folder.rglob('*')))}"
         if tracer is None:
-            warnings.warn("strace unavailable: only the working directory, $HOME and $TMPDIR were checked")
+            warnings.warn("strace unavailable: only the working directory, $HOME and $TMPDIR were checked",
+                          stacklevel=1)
             continue
         written = written_paths(log, cwd)
         assert str(model_dir / "checkpoint") in written  # the trace saw the run's own writes
         stray = sorted(p for p in written if not _inside(p, (str(data), str(model_dir)))
-                       and not _inside(p, ("/dev", "/proc", "/sys")) and "__pycache__" not in p and os.path.lexists(p))
+                       and not _inside(p, ("/dev", "/proc", "/sys")) and "__pycache__" not in p
+                       and os.path.lexists(p))
         assert not stray, f"{name} wrote outside its model_dir and data_dir: {stray}"
     assert (finetune / "result.json").is_file() and (finetune / "predictions.npz").is_file()
     assert (finetune / "saved_model" / "2" / "saved_model.pb").is_file()

@@ -21,8 +21,8 @@ from tests.fixtures import layouts
 
 REPO = Path(__file__).resolve().parents[1]
 SAVED_MODEL_CLI = Path(sys.executable).parent / "saved_model_cli"
-TINY = ["--resnet_depth=18", "--image_size=32", "--train_batch_size=4", "--num_proj_layers=1", "--proj_out_dim=8",
-        "--warmup_epochs=0", "--checkpoint_steps=2", "--verbose=0"]
+TINY = ["--resnet_depth=18", "--image_size=32", "--train_batch_size=4", "--num_proj_layers=1",
+        "--proj_out_dim=8", "--warmup_epochs=0", "--checkpoint_steps=2", "--verbose=0"]
 MULTICLASS_METRICS = ("top1_accuracy", "top3_accuracy", "top1_sensitivity", "top3_sensitivity", "auc")
 
 
@@ -53,8 +53,8 @@ def runs(tmp_path_factory):
     logs = {"pretrain": finish(start(pretrain + ["--train_steps=2"], root))}
     logs["finetune"] = finish(start(run_py(
         "--mode=train_then_eval", "--train_mode=finetune", f"--checkpoint={root / 'pretrain'}",
-        f"--model_dir={root / 'finetune'}", "--train_steps=2", "--optimizer=sgd", "--learning_rate=0.1", *data,
-        *TINY), root))
+        f"--model_dir={root / 'finetune'}", "--train_steps=2", "--optimizer=sgd", "--learning_rate=0.1",
+        *data, *TINY), root))
     return root, manual, pretrain, logs
 
 
@@ -83,9 +83,9 @@ def test_eval_needs_only_the_weights_not_the_optimizer_flags(runs):
     root, manual, _, _ = runs
     finetune = root / "finetune"
     trained = json.loads((finetune / "result.json").read_text())
-    finish(start(run_py("--mode=eval", "--train_mode=finetune", f"--model_dir={finetune}", "--skip_nonfinite_steps=2",
-                        "--dataset=derm_cases/generic", f"--manual_dir={manual}", f"--data_dir={root / 'data'}",
-                        *TINY), root))
+    finish(start(run_py("--mode=eval", "--train_mode=finetune", f"--model_dir={finetune}",
+                        "--skip_nonfinite_steps=2", "--dataset=derm_cases/generic",
+                        f"--manual_dir={manual}", f"--data_dir={root / 'data'}", *TINY), root))
     again = json.loads((finetune / "result.json").read_text())
     assert again["global_step"] == 2
     assert again["top1_accuracy"] == pytest.approx(trained["top1_accuracy"])
@@ -98,7 +98,8 @@ def test_mirrored_strategy_pretrains_finetunes_evaluates_and_exports(runs):
     data = ["--dataset=derm_cases/generic", f"--manual_dir={manual}", f"--data_dir={root / 'data'}"]
     mirrored = ["--strategy=mirrored", "--num_logical_devices=2", "--train_steps=2", *data, *TINY]
     pretrain, finetune = root / "mirrored_pretrain", root / "mirrored_finetune"
-    finish(start(run_py("--mode=train_then_eval", "--train_mode=pretrain", f"--model_dir={pretrain}", *mirrored), root))
+    finish(start(run_py("--mode=train_then_eval", "--train_mode=pretrain", f"--model_dir={pretrain}",
+                        *mirrored), root))
     log = finish(start(run_py("--mode=train_then_eval", "--train_mode=finetune", f"--checkpoint={pretrain}",
                               f"--model_dir={finetune}", "--optimizer=sgd", *mirrored), root))
     assert json.loads((pretrain / "result.json").read_text())["global_step"] == 2
@@ -127,7 +128,8 @@ def test_saved_model_serves_the_evaluated_probabilities(runs):
     pred = np.load(root / "finetune" / "predictions.npz")
     images = _case_images(manual)
     for case, expected in zip(pred["case_ids"], pred["probs"]):
-        probs = [serve(images=tf.io.decode_image(tf.io.read_file(str(path)), channels=3)[None])["probabilities"]
+        probs = [serve(images=tf.io.decode_image(tf.io.read_file(str(path)), channels=3)[None])[
+                     "probabilities"]
                  for path in images[str(case)]]  # one image per call: their sizes differ
         np.testing.assert_allclose(np.mean(probs, axis=0)[0], expected, atol=1e-4, err_msg=str(case))
 

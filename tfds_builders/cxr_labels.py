@@ -5,8 +5,6 @@ build serves every policy; the policy is applied when the data is loaded.
 """
 from __future__ import annotations
 
-import tensorflow as tf
-
 CHEXPERT_LABELS = (
     "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
     "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
@@ -23,8 +21,16 @@ NIH_LABELS = (
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis",
     "Hernia", "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax",
 )
+# Findings NIH ChestX-ray14 names differently (CheXpert name → NIH name); the others share their names.
+NIH_ALIASES = {"Pleural Effusion": "Effusion"}
 # CheXpert task → the NIH finding of the same meaning (zero-shot evaluation across datasets).
-NIH_FOR_CHEXPERT = {t: ("Effusion" if t == "Pleural Effusion" else t) for t in CHEXPERT_TASKS}
+NIH_FOR_CHEXPERT = {t: NIH_ALIASES.get(t, t) for t in CHEXPERT_TASKS}
+_CHEXPERT_FOR_NIH = {nih: chexpert for chexpert, nih in NIH_ALIASES.items()}
+
+
+def chexpert_name(finding: str) -> str:
+    """The CheXpert name of a finding named either way (Effusion → Pleural Effusion)."""
+    return _CHEXPERT_FOR_NIH.get(finding, finding)
 
 
 def apply_uncertainty_policy(raw, policy: str = "mixed"):
@@ -37,6 +43,8 @@ def apply_uncertainty_policy(raw, policy: str = "mixed"):
     """
     if policy not in POLICIES:
         raise ValueError(f"uncertainty policy {policy!r} is not one of {', '.join(POLICIES)}")
+    import tensorflow as tf  # here, so that the label tables load without TensorFlow
+
     raw = tf.convert_to_tensor(raw, tf.float32)
     tasks = tf.gather(raw, [CHEXPERT_LABELS.index(t) for t in CHEXPERT_TASKS], axis=-1)
     uncertain = tf.equal(tasks, -1.0)

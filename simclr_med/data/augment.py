@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -36,7 +36,9 @@ def decode_image(encoded: tf.Tensor) -> tf.Tensor:
     """JPEG/PNG/GIF/BMP bytes → float32 [H, W, 3] in [0, 1].
 
     Grayscale is tiled to RGB, alpha dropped, and 16-bit PNGs are scaled by 1/65535 (decoding
-    straight to float32 keeps their full range instead of truncating to 8 bits).
+    straight to float32 keeps their full range instead of truncating to 8 bits). That is right
+    because the builders store 16-bit PNGs rescaled to the full range from their significant
+    bits, and EXIF-rotated images upright (tfds_builders.common.prepare_image): TF sees neither.
     """
     image = tf.io.decode_image(encoded, channels=3, dtype=tf.float32, expand_animations=False)
     return tf.ensure_shape(image, [None, None, 3])
@@ -64,7 +66,8 @@ def resized_crop_windows(height, width, u):
     """
     hw = tf.cast(tf.stack([height, width]), tf.float32)
     area = hw[0] * hw[1] * _lerp(*CROP_AREA, u[:, :CROP_ATTEMPTS])
-    log_ratio = _lerp(-math.log(CROP_MAX_RATIO), math.log(CROP_MAX_RATIO), u[:, CROP_ATTEMPTS:2 * CROP_ATTEMPTS])
+    max_log_ratio = math.log(CROP_MAX_RATIO)
+    log_ratio = _lerp(-max_log_ratio, max_log_ratio, u[:, CROP_ATTEMPTS:2 * CROP_ATTEMPTS])
     # (h, w) = (sqrt(area / ratio), sqrt(area · ratio))
     size = tf.maximum(tf.round(tf.sqrt(area[..., None] * tf.exp(tf.stack([-log_ratio, log_ratio], -1)))), 1.0)
     fits = tf.reduce_all(size <= hw, axis=-1)  # [views, attempts]
@@ -154,7 +157,8 @@ def _yiq_hue_basis():
     """
     yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
     inv = np.linalg.inv(yiq)
-    parts = (np.diag([1.0, 0.0, 0.0]), np.diag([0.0, 1.0, 1.0]), np.array([[0, 0, 0], [0, 0, -1], [0, 1, 0.0]]))
+    parts = (np.diag([1.0, 0.0, 0.0]), np.diag([0.0, 1.0, 1.0]),
+             np.array([[0, 0, 0], [0, 0, -1], [0, 1, 0.0]]))
     return [(inv @ p @ yiq).astype(np.float32) for p in parts]
 
 
@@ -210,7 +214,8 @@ def gaussian_blur(image, sigma, kernel_size):
     if radius < 1:
         return image
     if radius >= min(height, width):
-        raise ValueError(f"gaussian_blur: kernel radius {radius} too large for an image of shape {image.shape}")
+        raise ValueError(f"gaussian_blur: kernel radius {radius} too large "
+                         f"for an image of shape {image.shape}")
     taps = np.arange(-radius, radius + 1, dtype=np.float32)
     weights = tf.exp((-0.5 * taps ** 2) / tf.square(sigma))
     weights = weights / tf.reduce_sum(weights)

@@ -6,36 +6,30 @@ one build serves every experiment.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import shutil
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-import tfds_builders  # noqa: F401  (registers the builders with TFDS)
+from simclr_med import io
 from simclr_med.data.demo import write_demo_cases
 from simclr_med.errors import DataError
-from tfds_builders import common
-from tfds_builders.cxr_labels import (CHEXPERT_TASKS, NIH_FOR_CHEXPERT, NIH_LABELS, POLICIES,
-                                      apply_uncertainty_policy)
+from tfds_builders import common, registry
+from tfds_builders.cxr_labels import (
+    CHEXPERT_TASKS,
+    NIH_FOR_CHEXPERT,
+    NIH_LABELS,
+    POLICIES,
+    apply_uncertainty_policy,
+)
 
 __all__ = ["DatasetMeta", "NAMES", "apply_uncertainty_policy", "builder_for", "load", "select_cases"]
 
-# name → (TFDS name, kind)
-_DATASETS = {
-    "demo": ("derm_cases/generic", "derm"),
-    "derm_cases/generic": ("derm_cases/generic", "derm"),
-    "derm_cases/scin": ("derm_cases/scin", "derm"),
-    "derm_cases/ham10000": ("derm_cases/ham10000", "derm"),
-    "chexpert_v1": ("chexpert_v1", "chexpert"),
-    "nih_chestxray14": ("nih_chestxray14", "nih"),
-}
-NAMES = tuple(_DATASETS)
+# The real datasets are tfds_builders' table; the demo is derm_cases/generic over data it writes itself.
+_DEMO = "derm_cases/generic"
+NAMES = ("demo", *registry.NAMES)
 # The features the label-fraction pass reads (never the images).
 _INDEX_FEATURES = {"derm": ("case_id", "label", "image_ids"), "chexpert": ("patient_id", "raw_labels"),
                    "nih": ("patient_id", "labels")}
@@ -55,73 +49,35 @@ class DatasetMeta:
     metadata_keys: list
 
 
-def _kind(name: str) -> tuple[str, str]:
-    if name not in _DATASETS:
+def _kind(name: str) -> str:
+    if name not in NAMES:
         raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(NAMES)}")
-    return _DATASETS[name]
+    return registry.DATASETS[_DEMO if name == "demo" else name].kind
 
 
-def _demo_dirs(data_dir) -> tuple[Path, Path]:
+def _demo_dirs(data_dir) -> tuple[str, str]:
     """The demo's own manual dir and TFDS dir under data_dir: never mixed with a user's generic build."""
-    root = Path(data_dir or tfds.core.constants.DATA_DIR)
-    manual = root / "demo_manual"
-    if not manual.exists():
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".demo_manual.", dir=root))
-        try:
-            write_demo_cases(tmp)
-            tmp.rename(manual)  # atomic: an interrupted write never looks complete
-        except OSError:
-            if not (manual / "cases.csv").is_file():  # not merely another process finishing first
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    if not (manual / "cases.csv").is_file():
+    root = os.fspath(data_dir or tfds.core.constants.DATA_DIR)
+    manual = os.path.join(root, "demo_manual")
+    # Published whole, so an interrupted write never looks complete; a copy another process
+    # published first is kept.
+    io.publish_dir(manual, write_demo_cases, replace=False)
+    if not io.isfile(os.path.join(manual, "cases.csv")):
         raise DataError(f"{manual} exists but holds no cases.csv; delete it to let the demo rewrite it")
-    return root / "demo_tfds", manual
+    return os.path.join(root, "demo_tfds"), manual
 
 
-@contextlib.contextmanager
-def _own_tempdir():
-    """A temporary directory for Python's `tempfile`, removed afterwards: TFDS makes an empty one
-    that it never removes each time it creates an unprepared builder (initialize_from_bucket)."""
-    with tempfile.TemporaryDirectory(prefix="simclr_med_tfds_") as tmp:
-        previous, tempfile.tempdir = tempfile.tempdir, tmp
-        try:
-            yield
-        finally:
-            tempfile.tempdir = previous
-
-
-def builder_for(name: str, data_dir, manual_dir=None) -> tfds.core.DatasetBuilder:
-    """The prepared TFDS builder of `name`, built from `manual_dir` if data_dir has none yet.
-
-    A build that fails leaves nothing that looks complete (TFDS writes to a temporary folder).
-    With `manual_dir` given, an existing build must come from the same download (same index
-    files), else this raises rather than silently using stale data.
-    """
-    tfds_name, _ = _kind(name)
-    if data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
-        raise DataError(f"data_dir {os.fspath(data_dir)!r} is not a directory")
-    if name == "demo":
-        if manual_dir:
-            raise DataError("the demo dataset writes its own data; do not pass manual_dir with it")
-        data_dir, manual_dir = _demo_dirs(data_dir)
-    with _own_tempdir():
-        builder = tfds.builder(tfds_name, data_dir=os.fspath(data_dir) if data_dir else None)
-    if manual_dir and not Path(manual_dir).is_dir():
-        raise DataError(f"manual_dir {os.fspath(manual_dir)!r} is not a directory")
-    if builder.is_prepared():
-        if manual_dir and builder.info.metadata.get("source_sha256") != common.fingerprint(
-                builder.source_files(manual_dir)):
-            raise DataError(f"{builder.data_path} was built from a different download than {manual_dir}; "
-                            f"use another data_dir, or delete {builder.data_path} to rebuild")
-        return builder
-    if not manual_dir:
-        raise DataError(f"{name} is not built under {data_dir or tfds.core.constants.DATA_DIR}; pass manual_dir "
-                        f"(the folder of the download): {' '.join(builder.MANUAL_DOWNLOAD_INSTRUCTIONS.split())}")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
-    return builder
+def builder_for(name: str, data_dir, manual_dir=None,
+                pixel_bits: int | None = None) -> tfds.core.DatasetBuilder:
+    """The prepared TFDS builder of `name` (see tfds_builders.registry.builder_for); `demo` writes its
+    own manual dir under data_dir first, so it takes none."""
+    _kind(name)
+    if name != "demo":
+        return registry.builder_for(name, data_dir, manual_dir, pixel_bits)
+    registry.check_data_dir(data_dir)
+    if manual_dir:
+        raise DataError("the demo dataset writes its own data; do not pass manual_dir with it")
+    return registry.builder_for(_DEMO, *_demo_dirs(data_dir), pixel_bits)
 
 
 def _case_id(kind: str, ex):
@@ -200,20 +156,24 @@ def select_cases(case_ids, labels, label_mask, fraction: float, seed: int, class
         kept = np.isin(np.arange(len(class_names)), labels[keep])
     for k in np.flatnonzero(present & ~kept):
         has = positive[:, k] if multi_label else labels == k
-        raise DataError(f"label_fraction={fraction} leaves class {str(class_names[k])!r} with no example in {where} "
+        raise DataError(f"label_fraction={fraction} leaves class {str(class_names[k])!r} "
+                        f"with no example in {where} "
                         f"({len(np.unique(case_ids[has]))} case(s) have it); use a larger fraction")
     return keep
 
 
 def load(name: str, split: str, *, data_dir, manual_dir=None, uncertainty_policy: str = "mixed",
-         label_fraction: float = 1.0, seed: int = 0) -> tuple[tf.data.Dataset, DatasetMeta]:
-    """(dataset of standardized examples, DatasetMeta) for `name`/`split`; see docs/CONTRACTS.md."""
-    _, kind = _kind(name)
+         label_fraction: float = 1.0, seed: int = 0,
+         pixel_bits: int | None = None) -> tuple[tf.data.Dataset, DatasetMeta]:
+    """(dataset of standardized examples, DatasetMeta) for `name`/`split`; see docs/CONTRACTS.md.
+
+    `pixel_bits`: --pixel_bits for a build (None: 0 when building, any setting when reusing)."""
+    kind = _kind(name)
     if uncertainty_policy not in POLICIES:
         raise ValueError(f"uncertainty_policy {uncertainty_policy!r} is not one of {', '.join(POLICIES)}")
     if not 0.0 < label_fraction <= 1.0:
         raise ValueError(f"label_fraction={label_fraction} must be in (0, 1]")
-    builder = builder_for(name, data_dir, manual_dir)
+    builder = builder_for(name, data_dir, manual_dir, pixel_bits)
     if split not in builder.info.splits:
         raise DataError(f"{name} has no split {split!r}; splits: {', '.join(sorted(builder.info.splits))}")
     ds = builder.as_dataset(split=split, shuffle_files=False, read_config=tfds.ReadConfig(**_READ_CONFIG))

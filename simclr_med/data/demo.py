@@ -9,10 +9,13 @@ the generic layout (`cases.csv` + `images/`), mixing sizes (64–96 px), PNG and
 from __future__ import annotations
 
 import csv
-from pathlib import Path
+import os
+from io import BytesIO, StringIO
 
 import numpy as np
 from PIL import Image
+
+from simclr_med import io
 
 CLASSES = ("checker", "disk", "square", "stripes")
 
@@ -37,10 +40,11 @@ def _draw(kind: str, size: int, colour, scale: float, rng: np.random.Generator) 
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def write_demo_cases(directory, num_cases: int = 200, seed: int = 0) -> Path:
-    """Writes `num_cases` cases of 1–4 images (balanced classes) to `directory`; deterministic."""
-    root = Path(directory)
-    (root / "images").mkdir(parents=True, exist_ok=True)
+def write_demo_cases(directory, num_cases: int = 200, seed: int = 0):
+    """Writes `num_cases` cases of 1–4 images (balanced classes) to `directory`, cases.csv last (what
+    marks the folder complete in a bucket); deterministic. Returns `directory`."""
+    root = os.fspath(directory)
+    io.makedirs(os.path.join(root, "images"))
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(num_cases):
@@ -50,11 +54,16 @@ def write_demo_cases(directory, num_cases: int = 200, seed: int = 0) -> Path:
         meta = [f"FST{rng.integers(1, 7)}", ["F", "M"][int(rng.integers(2))], str(rng.integers(18, 90))]
         for k in range(int(rng.integers(1, 5))):
             size = int(rng.choice([64, 72, 80, 96]))
-            rel = f"images/case{i:04d}_{k}.{'png' if rng.random() < 0.5 else 'jpg'}"
-            Image.fromarray(_draw(kind, size, colour, scale, rng)).save(root / rel, quality=90)
+            png = rng.random() < 0.5
+            rel = f"images/case{i:04d}_{k}.{'png' if png else 'jpg'}"
+            image = BytesIO()
+            Image.fromarray(_draw(kind, size, colour, scale, rng)).save(
+                image, "PNG" if png else "JPEG", quality=90)
+            io.write_bytes(os.path.join(root, rel), image.getvalue())
             rows.append([f"case{i:04d}", rel, kind, *meta])
-    with open(root / "cases.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["case_id", "image_path", "label", "skin_type", "sex", "age"])
-        writer.writerows(rows)
-    return root
+    table = StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["case_id", "image_path", "label", "skin_type", "sex", "age"])
+    writer.writerows(rows)
+    io.write_text(os.path.join(root, "cases.csv"), table.getvalue())
+    return directory

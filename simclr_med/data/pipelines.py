@@ -17,8 +17,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from simclr_med.data import augment
-from simclr_med.data import micle_pairs
+from simclr_med.data import augment, micle_pairs
 
 METHODS = ("simclr", "micle")
 MICRO_BATCH = 4
@@ -64,7 +63,8 @@ def pretrain_dataset(ds: tf.data.Dataset, *, method: str, batch_size: int, image
             pairs = [micle_pairs.select_pair(group["images"][i], group["image_ids"][i], pair_keys[i])
                      for i in range(MICRO_BATCH)]
             images = [image for pair in pairs for image, _ in pair]
-            out = augment.augment_images(images, augmentation, image_size, pair_keys[-1], 1, color_jitter_strength)
+            out = augment.augment_images(images, augmentation, image_size, pair_keys[-1], 1,
+                                         color_jitter_strength)
             id1 = tf.stack([pair[0][1] for pair in pairs])
             id2 = tf.stack([pair[1][1] for pair in pairs])
         out = tf.reshape(out, [MICRO_BATCH, 2, image_size, image_size, 3])  # rows: (example, view)
@@ -130,8 +130,8 @@ def _require(ds, keys, caller):
                          "expected the case dicts of simclr_med.data.datasets")
     for key in ("images", "image_ids"):
         if key in keys and (spec[key].dtype != tf.string or spec[key].shape.rank != 1):
-            raise ValueError(f"{caller}: {key!r} is {spec[key].dtype.name} of shape {spec[key].shape}; expected "
-                             "a 1-D string tensor (a case's encoded images and their ids)")
+            raise ValueError(f"{caller}: {key!r} is {spec[key].dtype.name} of shape {spec[key].shape}; "
+                             "expected a 1-D string tensor (a case's encoded images and their ids)")
 
 
 def _shard(ds, batch_size, input_context):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
 import json
 import logging
 import os
@@ -26,12 +25,12 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from simclr_med.data import augment
-from simclr_med.train import checkpoints
-from simclr_med.data import datasets
+from simclr_med import io
+from simclr_med.data import augment, datasets
+from simclr_med.errors import CheckpointError, DataError, SimclrMedError
 from simclr_med.evaluation import metrics
 from simclr_med.models import resnet
-from simclr_med.errors import CheckpointError, DataError, SimclrMedError
+from simclr_med.train import checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +49,17 @@ class Source:
         """Changes when the source's weights may have changed (new step, rewritten file)."""
         main = {"checkpoint": self.path + ".index", "keras": self.path,
                 "saved_model": os.path.join(self.path, "saved_model.pb")}[self.kind]
-        return json.dumps({**dataclasses.asdict(self), "path": os.path.abspath(self.path),
-                           "mtime": os.path.getmtime(main)}, sort_keys=True)
+        return json.dumps({**dataclasses.asdict(self), "path": io.run_path(self.path),
+                           "mtime": io.mtime(main)}, sort_keys=True)
 
 
 def run_flags(run_dir: str) -> dict:
     """The flags a run was started with (its newest `flags_<mode>.json`); {} when it has none."""
-    files = sorted(glob.glob(os.path.join(run_dir, "flags_*.json")), key=os.path.getmtime)
+    files = sorted(io.glob(os.path.join(run_dir, "flags_*.json")), key=io.mtime)
     if not files:
         return {}
     try:
-        with open(files[-1]) as f:
-            return json.load(f)
+        return io.read_json(files[-1])
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{files[-1]}: unreadable run flags ({e})") from None
 
@@ -69,13 +67,14 @@ def run_flags(run_dir: str) -> dict:
 def resolve_source(path: str, *, image_size: int | None = None, resnet_depth: int | None = None,
                    width_multiplier: int | None = None) -> Source:
     """Classifies `path` and fills in the encoder shape; explicit arguments override the run's flags."""
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+    if io.isfile(os.path.join(path, "saved_model.pb")):
         return Source("saved_model", path, None, None, None)
     if path.endswith(checkpoints.KERAS_FILES):
-        if not os.path.isfile(path):
+        if not io.isfile(path):
             raise CheckpointError(f"--source={path}: no such file")
         if image_size is None:
-            raise CheckpointError(f"--source={path}: a Keras file does not record the input size; pass --image_size")
+            raise CheckpointError(f"--source={path}: a Keras file does not record the input size; "
+                                  "pass --image_size")
         return Source("keras", path, image_size, resnet_depth or 50, width_multiplier or 1)
     prefix = checkpoints.resolve_checkpoint(path)
     flags = run_flags(os.path.dirname(prefix))
@@ -111,12 +110,14 @@ def _encoder_rows(source: Source, rows: tf.data.Dataset, batch_size: int) -> lis
     size, seed = source.image_size, tf.zeros([2], tf.int64)
     data = rows.map(lambda r: {**r, "image": augment.augment(r["image"], "none", size, seed)},
                     num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
-    return [{**{k: v.numpy() for k, v in batch.items() if k != "image"}, "embeddings": embed(batch["image"]).numpy()}
+    return [{**{k: v.numpy() for k, v in batch.items() if k != "image"},
+             "embeddings": embed(batch["image"]).numpy()}
             for batch in data]
 
 
 def _decode_uint8(row):
-    return {**row, "image": tf.io.decode_image(row["image"], channels=3, dtype=tf.uint8, expand_animations=False)}
+    image = tf.io.decode_image(row["image"], channels=3, dtype=tf.uint8, expand_animations=False)
+    return {**row, "image": image}
 
 
 def _saved_model_rows(source: Source, rows: tf.data.Dataset, batch_size: int) -> list[dict]:
@@ -159,15 +160,14 @@ def _concat(parts: list[dict]) -> dict:
 
 def _per_case(rows: dict) -> dict:
     """Multi-class: one row per case, embeddings averaged over its images (as the evaluator does)."""
-    avg = metrics.average_by_case(rows["embeddings"], rows["case_ids"], rows["labels"])
-    return {"embeddings": avg["probs"].astype(np.float32), "labels": avg["labels"], "case_ids": avg["case_ids"]}
+    avg = metrics.average_by_case({k: rows[k] for k in ("embeddings", "labels", "case_ids")})
+    return {**avg, "embeddings": avg["embeddings"].astype(np.float32)}
 
 
 def load_cache(path: str) -> dict:
     """The arrays of an embeddings .npz (strings as str)."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+        return io.load_npz(path)
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: not a readable embeddings .npz ({e})") from None
 
@@ -179,16 +179,17 @@ def extract(source: str, dataset: str, split: str, *, data_dir, output: str | No
     """Embeddings of `dataset`/`split` from `source`, cached in `output` when given.
 
     Returns {"embeddings" [N,D] float32, "labels", "case_ids" (multi-label also "label_mask",
-    "image_ids"), "class_names", "multi_label", "cache_key"}. A cache written for the same source (same checkpoint step and
-    file times), data and preprocessing is reused; any other file at `output` is replaced.
+    "image_ids"), "class_names", "multi_label", "cache_key"}. A cache written for the same source
+    (same checkpoint step and file times), data and preprocessing is reused; any other file at
+    `output` is replaced.
     """
     src = resolve_source(source, image_size=image_size, resnet_depth=resnet_depth,
                          width_multiplier=width_multiplier)
     key = json.dumps({"source": json.loads(src.fingerprint()), "dataset": dataset, "split": split,
-                      "data_dir": os.path.abspath(data_dir), "manual_dir": manual_dir and os.path.abspath(manual_dir),
+                      "data_dir": io.run_path(data_dir), "manual_dir": io.run_path(manual_dir),
                       "label_fraction": label_fraction, "seed": seed,
                       "uncertainty_policy": uncertainty_policy}, sort_keys=True)
-    if output and os.path.exists(output):
+    if output and io.exists(output):
         cached = load_cache(output)
         if str(cached.get("cache_key", "")) == key:
             log.info("reusing cached embeddings %s", output)
@@ -203,25 +204,23 @@ def extract(source: str, dataset: str, split: str, *, data_dir, output: str | No
     out.update(class_names=np.array(meta.class_names), multi_label=np.array(meta.multi_label),
                cache_key=np.array(key))
     if output:
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-        tmp = output + ".tmp"
-        with open(tmp, "wb") as f:
-            np.savez(f, **out)
-        os.replace(tmp, output)
+        io.write_npz(output, out)
         log.info("wrote %d embeddings of width %d to %s", *out["embeddings"].shape, output)
     return out
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--source", required=True, help="run dir, checkpoint prefix, SavedModel dir, .keras or .weights.h5")
+    p.add_argument("--source", required=True,
+                   help="run dir, checkpoint prefix, SavedModel dir, .keras or .weights.h5")
     p.add_argument("--dataset", required=True, help=f"one of {', '.join(datasets.NAMES)}")
     p.add_argument("--split", required=True)
     p.add_argument("--data_dir", required=True, help="TFDS data dir (built on first use)")
     p.add_argument("--manual_dir", default=None)
     p.add_argument("--output", required=True, help=".npz to write (reused when it matches)")
     p.add_argument("--image_size", type=int, default=None,
-                   help="input size (default: the run's; required for Keras files; SavedModels use their own)")
+                   help="input size (default: the run's; required for Keras files; "
+                        "SavedModels use their own)")
     p.add_argument("--resnet_depth", type=int, default=None, help="default: the run's (Keras files: 50)")
     p.add_argument("--width_multiplier", type=int, default=None, help="default: the run's (Keras files: 1)")
     p.add_argument("--batch_size", type=int, default=64)

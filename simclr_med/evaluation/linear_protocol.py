@@ -6,13 +6,13 @@ cross-validated; the fold models' test probabilities are averaged, so the report
 does not depend on one lucky split. Metrics: macro one-vs-rest AUC, accuracy and, for graded
 labels such as diabetic-retinopathy grades, Cohen's kappa with quadratic weights.
 
-CLI: python -m simclr_med.evaluation.linear_protocol --embeddings train.npz --test test.npz --output result.json
+CLI:
+    python -m simclr_med.evaluation.linear_protocol \\
+        --embeddings train.npz --test test.npz --output result.json
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from collections.abc import Mapping
 
 import keras
@@ -20,8 +20,9 @@ import numpy as np
 import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
-from simclr_med.evaluation import metrics
+from simclr_med import io
 from simclr_med.errors import DataError
+from simclr_med.evaluation import metrics
 
 DEFAULT_SIZES = {"S": 10, "M": 100, "F": None}  # examples per class; None = all
 
@@ -180,7 +181,8 @@ def _check(x, y, what):
     if y.ndim != 1 or len(y) != len(x):
         raise DataError(f"{what}: labels must be [N] with N={len(x)}, got shape {y.shape}")
     if not np.all(np.isfinite(x)):
-        raise DataError(f"{what}: embeddings contain NaN or inf (row {int(np.argwhere(~np.isfinite(x))[0, 0])})")
+        first_bad = int(np.argwhere(~np.isfinite(x))[0, 0])
+        raise DataError(f"{what}: embeddings contain NaN or inf (row {first_bad})")
     if y.dtype.kind == "f" and not np.all(y == np.round(y)):
         raise DataError(f"{what}: labels must be integer class indices")
     if len(y) and y.min() < 0:
@@ -252,17 +254,16 @@ def run_protocol(
 # ----------------------------------------------------------------------------- CLI
 def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     """`embeddings` [N, D] and `labels` [N] from an .npz file, with the file named on errors."""
-    if not os.path.isfile(path):
+    if not io.isfile(path):
         raise DataError(f"{path}: no such file")
     try:
-        data = np.load(path, allow_pickle=False)
+        data = io.load_npz(path)
     except Exception as e:  # noqa: BLE001 — any unreadable file gets the same one-line error
         raise DataError(f"{path}: not a readable .npz file ({e})") from None
-    with data:
-        missing = [k for k in ("embeddings", "labels") if k not in data.files]
-        if missing:
-            raise DataError(f"{path}: missing array(s) {missing}; found {data.files}")
-        return _check(data["embeddings"], data["labels"], path)
+    missing = [k for k in ("embeddings", "labels") if k not in data]
+    if missing:
+        raise DataError(f"{path}: missing array(s) {missing}; found {list(data)}")
+    return _check(data["embeddings"], data["labels"], path)
 
 
 def _size(text: str) -> int | None:
@@ -271,7 +272,8 @@ def _size(text: str) -> int | None:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--embeddings", required=True, help=".npz with `embeddings` [N,D], `labels` [N] (training pool)")
+    p.add_argument("--embeddings", required=True,
+                   help=".npz with `embeddings` [N,D], `labels` [N] (training pool)")
     p.add_argument("--test", required=True, help=".npz of the fixed test set, same keys")
     p.add_argument("--output", required=True, help="where to write the JSON result")
     p.add_argument("--small", type=_size, default=DEFAULT_SIZES["S"], help="examples per class for S")
@@ -296,11 +298,12 @@ def main(argv=None) -> dict:
         )
     except ValueError as e:
         p.exit(2, f"error: {e}\n")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(result, f, indent=2)
+    io.write_json(args.output, result)
     for name, r in result.items():
-        kappa = "" if "kappa" not in r else "  kappa undefined" if r["kappa"] is None else f"  kappa {r['kappa']:.4f}"
+        if "kappa" not in r:
+            kappa = ""
+        else:
+            kappa = "  kappa undefined" if r["kappa"] is None else f"  kappa {r['kappa']:.4f}"
         print(f"{name}: n_train {r['n_train']}  AUC {r['auc']}  acc {r['accuracy']:.4f}{kappa}")
     return result
 

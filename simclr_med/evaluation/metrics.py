@@ -19,11 +19,10 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
+from simclr_med import io
+from simclr_med.data.labels import CHEXPERT_TASKS, chexpert_name
 from simclr_med.errors import DataError
 
-CHEXPERT_TASKS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
-# CheXpert name -> NIH ChestX-ray14 name, for scoring a CheXpert task list on NIH labels.
-NIH_ALIASES = {"Pleural Effusion": "Effusion"}
 # Arrays of a predictions dict with one row per example (the rest describe the label space).
 ROW_KEYS = ("probs", "labels", "label_mask", "case_ids", "embeddings")
 
@@ -101,7 +100,7 @@ def multilabel_metrics(probs, labels, mask, class_names: Sequence[str],
     """AUC per label over unmasked entries (`auc_<name>`) and `mean_auc` over `tasks`.
 
     A label whose unmasked entries are all one class has AUC None and is left out of the mean
-    with a warning. Task names missing from `class_names` are looked up in NIH_ALIASES.
+    with a warning. A task missing from `class_names` may be there under its NIH name.
     """
     probs = np.asarray(probs, np.float64)
     labels = np.asarray(labels, np.float64)
@@ -122,10 +121,11 @@ def multilabel_metrics(probs, labels, mask, class_names: Sequence[str],
 
 
 def resolve_tasks(tasks: Sequence[str], class_names: Sequence[str]) -> list[str]:
-    """Map task names onto `class_names`, using NIH_ALIASES (Pleural Effusion -> Effusion)."""
+    """Map task names onto `class_names`, which may name a finding the NIH way (Effusion)."""
+    by_finding = {chexpert_name(c): c for c in class_names}
     resolved = []
     for task in tasks:
-        name = task if task in class_names else NIH_ALIASES.get(task)
+        name = task if task in class_names else by_finding.get(chexpert_name(task))
         if name not in class_names:
             raise ValueError(f"task {task!r} is not one of the class names {list(class_names)}")
         resolved.append(name)
@@ -176,8 +176,7 @@ def compute_metrics(pred: dict, graded: bool = False) -> dict:
 def load_result(path) -> dict:
     """A result.json (a flat JSON object of metrics), with a one-line error for anything else."""
     try:
-        with open(path) as f:
-            result = json.load(f)
+        result = io.read_json(path)
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(result, dict):
@@ -188,8 +187,7 @@ def load_result(path) -> dict:
 def load_predictions(path) -> dict:
     """Read a predictions .npz into a dict of numpy arrays (strings as str); validate it."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            pred = {key: data[key] for key in data.files}
+        pred = io.load_npz(path)
     except ValueError as err:  # object arrays, or not an npz at all
         raise DataError(f"{path}: not a readable predictions .npz ({err})") from None
     for key, value in pred.items():
@@ -236,30 +234,31 @@ def case_groups(case_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.asarray(case_ids)[first[order]], position[inverse.ravel()], first[order]
 
 
-def average_by_case(probs, case_ids, labels, label_mask=None) -> dict:
-    """Mean probabilities over the images of each case (cases in order of first appearance).
+def average_by_case(rows: dict) -> dict:
+    """One row per case (in order of first appearance) of a dict of per-image rows.
 
-    The evaluator writes one row per image; a case's images must share its label, so
-    conflicting labels within a case (e.g. CheXpert studies of one patient) are an error.
-    Returns {"probs", "labels", "case_ids"} (+ "label_mask"), ready to merge into a pred dict.
+    `probs` and `embeddings` are averaged (float64) over the case's images, as the paper scores
+    multi-image cases; the other row arrays (ROW_KEYS, meta_*) come from its first image, and
+    label-space arrays are kept. A case's images must share its labels and label mask, so
+    conflicting ones (e.g. CheXpert studies of one patient) are an error.
     """
-    probs = np.asarray(probs, np.float64)
-    labels = np.asarray(labels)
-    cases, index, first = case_groups(case_ids)
-    counts = np.bincount(index, minlength=len(cases))
-    summed = np.zeros((len(cases), probs.shape[1]))
-    np.add.at(summed, index, probs)
-    out = {"probs": summed / counts[:, None], "case_ids": cases}
-    arrays = {"labels": labels}
-    if label_mask is not None:
-        arrays["label_mask"] = np.asarray(label_mask)
-    for key, values in arrays.items():
-        same = (values == values[first][index]).reshape(len(values), -1).all(axis=1)
-        if not same.all():
-            row = int(np.argmin(same))
-            raise DataError(f"case {str(cases[index[row]])!r}: row {row} has different {key} from "
-                             "the case's first image; cannot average by case")
-        out[key] = values[first]
+    cases, index, first = case_groups(rows["case_ids"])
+    for key in ("labels", "label_mask"):
+        if key in rows:
+            values = np.asarray(rows[key])
+            same = (values == values[first][index]).reshape(len(values), -1).all(axis=1)
+            if not same.all():
+                row = int(np.argmin(same))
+                raise DataError(f"case {str(cases[index[row]])!r}: row {row} has different {key} from "
+                                 "the case's first image; cannot average by case")
+    out = select_rows(rows, first)
+    counts = np.bincount(index, minlength=len(cases))[:, None]
+    for key in ("probs", "embeddings"):
+        if key in rows:
+            values = np.asarray(rows[key], np.float64)
+            summed = np.zeros((len(cases), values.shape[1]))
+            np.add.at(summed, index, values)
+            out[key] = summed / counts
     return out
 
 

@@ -10,16 +10,18 @@ touches pyplot's global backend.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
-from pathlib import Path
+from io import BytesIO
 
 import numpy as np
 from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
 
+from simclr_med import io
 from simclr_med.errors import DataError
 from simclr_med.evaluation.metrics import load_result
 
@@ -153,8 +155,7 @@ def load_embeddings(path: str, color_by: str = "label", max_points: int = 2000,
     (multi-label: positive / negative / unlabelled), or a metadata key (`meta_<key>`).
     """
     try:
-        with np.load(path, allow_pickle=False) as f:
-            data = {k: f[k] for k in f.files}
+        data = io.load_npz(path)
     except ValueError as err:
         raise DataError(f"{path}: not a readable .npz ({err})") from None
     if "embeddings" not in data:
@@ -210,8 +211,15 @@ def _palette(n: int) -> list:
 
 
 def _save(fig: Figure, output: str) -> None:
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=120, bbox_inches="tight")
+    """Renders in memory and writes through `io`, so that a plot can go to a bucket as well."""
+    output = os.fspath(output)
+    kind = os.path.splitext(output)[1][1:]
+    if not kind:  # as matplotlib does with a name without extension: its default type, appended
+        kind = fig.canvas.get_default_filetype()
+        output = f"{output.rstrip('.')}.{kind}"
+    buffer = BytesIO()
+    fig.savefig(buffer, format=kind, dpi=120, bbox_inches="tight")
+    io.write_bytes(output, buffer.getvalue())
 
 
 def _parse_args(argv):

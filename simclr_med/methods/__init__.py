@@ -1,1 +1,5 @@
-"""Related methods built on experiment runs: the fine-tuning sweep, the transfer benchmark, DVME, U-Net segmentation."""
+"""Related methods built from whole runs: above `experiment`, below `run.py`.
+
+`sweep` (the fine-tuning LR × weight-decay grid), `transfer` (initialisations × tasks × seeds),
+`dvme` (fused frozen embeddings), `segmentation` (U-Net with the ResNet encoder).
+"""

@@ -1,7 +1,7 @@
 """Segmentation transfer: the `seg_masks` data through a U-Net with a (pretrained) ResNet encoder.
 
-`load_segmentation` is the input pipeline; `train_segmentation` fine-tunes end to end with
-Dice + cross-entropy and reports test Dice, the figure the transfer benchmarks compare.
+`train_segmentation` fine-tunes end to end with Dice + cross-entropy and reports test Dice, the
+figure the transfer benchmarks compare; the input is `simclr_med.data.segmentation`.
 """
 from __future__ import annotations
 
@@ -11,79 +11,12 @@ import sys
 
 import keras
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
-from simclr_med.train import checkpoints
-from simclr_med.errors import ConfigError, DataError
+from simclr_med import io
+from simclr_med.data.segmentation import check_mask_classes, load_segmentation, num_examples
+from simclr_med.errors import ConfigError
 from simclr_med.models.unet import DEFAULT_DECODER_FILTERS, Dice, DiceLoss, UNet, load_encoder_weights
-from tfds_builders.seg_masks import SegMasks
-
-
-def _builder(data_dir: str, manual_dir: str | None) -> SegMasks:
-    """The prepared builder; builds from `manual_dir` on first use, reuses `data_dir` afterwards."""
-    builder = SegMasks(data_dir=data_dir)
-    if not builder.is_prepared():
-        if not manual_dir:
-            raise DataError(f"seg_masks is not built in {data_dir}; pass manual_dir (images/, masks/)")
-        if not os.path.isdir(manual_dir):
-            raise DataError(f"{manual_dir}: manual dir not found (expected images/ and masks/ in it)")
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-    return builder
-
-
-def check_mask_classes(data_dir: str, num_classes: int, manual_dir: str | None = None) -> None:
-    """Fails naming the mask whose values do not fit `num_classes`: out-of-range indices would be
-    dropped by the one-hot Dice silently, and binary training would merge classes into foreground."""
-    builder = _builder(data_dir, manual_dir)
-    for split in builder.info.splits:
-        ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
-        for name, top in ds.map(lambda ex: (ex["name"], tf.reduce_max(ex["mask"]))).as_numpy_iterator():
-            if top >= max(num_classes, 2):
-                hint = "binary masks hold 0/255 or 0/1" if num_classes == 1 else "class indices start at 0"
-                raise DataError(f"masks/{name.decode()}.png holds class {top}, but num_classes={num_classes} "
-                                f"(pass --num_classes={top + 1}; {hint})")
-
-
-def num_examples(split: str, data_dir: str, manual_dir: str | None = None) -> int:
-    """Size of a split, from the builder's metadata."""
-    return _builder(data_dir, manual_dir).info.splits[split].num_examples
-
-
-def _preprocess(example, image_size, num_classes):
-    image = tf.image.resize(tf.cast(example["image"], tf.float32) / 255.0, (image_size, image_size),
-                            method="bilinear", antialias=True)
-    # Nearest neighbour keeps masks as class indices; binary sets treat any non-zero as foreground.
-    mask = tf.image.resize(example["mask"], (image_size, image_size), method="nearest")
-    mask = tf.cast(mask > 0 if num_classes == 1 else mask, tf.float32)
-    return image, mask
-
-
-def _joint_flip(image, mask, seed):
-    """The same random flips for image and mask: stacking them makes one flip op move both."""
-    stacked = tf.concat([image, mask], axis=-1)
-    stacked = tf.image.stateless_random_flip_left_right(stacked, seed)
-    stacked = tf.image.stateless_random_flip_up_down(stacked, seed + [0, 1])
-    return stacked[..., :3], stacked[..., 3:]
-
-
-def load_segmentation(
-    split: str, data_dir: str, manual_dir: str | None = None, image_size: int = 224,
-    batch_size: int = 8, training: bool = False, *, num_classes: int = 1, seed: int = 0,
-) -> tf.data.Dataset:
-    """Batches of (image [B,S,S,3] float32 in [0,1], mask [B,S,S,1] float32).
-
-    Masks are 0/1 for `num_classes=1`, class indices otherwise. Training: infinite, shuffled,
-    jointly flipped, drop_remainder; evaluation: one ordered pass.
-    """
-    ds = _builder(data_dir, manual_dir).as_dataset(split=split, shuffle_files=training)
-    ds = ds.map(lambda ex: _preprocess(ex, image_size, num_classes), num_parallel_calls=tf.data.AUTOTUNE)
-    if training:
-        ds = ds.repeat().shuffle(256, seed=seed)
-        seeds = tf.data.Dataset.random(seed=seed).batch(2)
-        ds = tf.data.Dataset.zip(ds, seeds).map(
-            lambda pair, s: _joint_flip(*pair, s), num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=training)
-    return ds.prefetch(tf.data.AUTOTUNE)
+from simclr_med.train import checkpoints
 
 
 def load_pretrained_encoder(unet: UNet, source) -> None:
@@ -105,8 +38,9 @@ def train_segmentation(
     """Train a U-Net for `steps` steps (Adam) and return {"dice", "loss", ...} on the test split.
 
     `encoder_checkpoint`: None (random init), a keras encoder from `build_resnet`, a
-    `.weights.h5` file, or a checkpoint (prefix or run dir) with the model's `encoder`. With `model_dir`, the final
-    weights go to `model_dir/ckpt-<steps>` and the result to `model_dir/result.json`.
+    `.weights.h5` file, or a checkpoint (prefix or run dir) with the model's `encoder`. With
+    `model_dir`, the final weights go to `model_dir/ckpt-<steps>` and the result to
+    `model_dir/result.json`.
     """
     if image_size % 32:
         raise ConfigError(f"image_size={image_size} must be divisible by 32 for the U-Net")
@@ -139,41 +73,46 @@ def train_segmentation(
         "pretrained_encoder": encoder_checkpoint is not None,
     }
     if model_dir:
-        os.makedirs(model_dir, exist_ok=True)
+        model_dir = io.run_path(model_dir)
+        io.makedirs(model_dir)
         manager = tf.train.CheckpointManager(
             tf.train.Checkpoint(model=unet, optimizer=optimizer), model_dir, max_to_keep=1)
         manager.save(checkpoint_number=steps)
-        with open(os.path.join(model_dir, "result.json"), "w") as f:
-            json.dump(result, f, indent=2)
+        io.write_json(os.path.join(model_dir, "result.json"), result)
     return result
 
 
 def main(argv=None) -> int:
-    """`python -m simclr_med.methods.segmentation --manual_dir M --data_dir D --model_dir R [--encoder_checkpoint RUN]`."""
+    """Command line: `python -m simclr_med.methods.segmentation --manual_dir M --data_dir D
+    --model_dir R [--encoder_checkpoint RUN]`."""
     import argparse
 
     from simclr_med.errors import SimclrMedError
 
-    p = argparse.ArgumentParser(description="U-Net with a ResNet encoder, Dice loss, on a seg_masks manual dir.")
+    p = argparse.ArgumentParser(
+        description="U-Net with a ResNet encoder, Dice loss, on a seg_masks manual dir.")
     p.add_argument("--manual_dir", required=True, help="images/<name>.png|jpg and masks/<name>.png")
     p.add_argument("--data_dir", required=True)
     p.add_argument("--model_dir", required=True)
-    p.add_argument("--encoder_checkpoint", default=None, help="pretraining run dir, checkpoint or Keras weights file")
+    p.add_argument("--encoder_checkpoint", default=None,
+                   help="pretraining run dir, checkpoint or Keras weights file")
     p.add_argument("--resnet_depth", type=int, default=50)
     p.add_argument("--width_multiplier", type=int, default=1)
     p.add_argument("--image_size", type=int, default=224)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--train_steps", type=int, default=1000)
     p.add_argument("--learning_rate", type=float, default=1e-3)
-    p.add_argument("--num_classes", type=int, default=1, help="1: binary (foreground vs background); else class indices")
+    p.add_argument("--num_classes", type=int, default=1,
+                   help="1: binary (foreground vs background); else class indices")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:
         result = train_segmentation(
             data_dir=args.data_dir, manual_dir=args.manual_dir, depth=args.resnet_depth,
-            width_multiplier=args.width_multiplier, image_size=args.image_size, batch_size=args.batch_size,
-            steps=args.train_steps, learning_rate=args.learning_rate, encoder_checkpoint=args.encoder_checkpoint,
-            model_dir=args.model_dir, num_classes=args.num_classes, seed=args.seed, verbose=1)
+            width_multiplier=args.width_multiplier, image_size=args.image_size,
+            batch_size=args.batch_size, steps=args.train_steps, learning_rate=args.learning_rate,
+            encoder_checkpoint=args.encoder_checkpoint, model_dir=args.model_dir,
+            num_classes=args.num_classes, seed=args.seed, verbose=1)
     except SimclrMedError as e:
         print(f"simclr-med: error: {e}", file=sys.stderr)
         return 2

@@ -7,17 +7,15 @@ killed sweep continues where it stopped.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import shutil
 
 import numpy as np
 
-from simclr_med import experiment
-from simclr_med.evaluation import metrics
+from simclr_med import experiment, io
 from simclr_med.config import Config
 from simclr_med.errors import ConfigError, DataError
+from simclr_med.evaluation import metrics
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +35,6 @@ def point_dir(root: str, lr: float, wd: float) -> str:
     return os.path.join(root, f"lr{lr:.2e}_wd{wd:.2e}")
 
 
-def _read(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
-
-
 def sweep(cfg: Config, learning_rates=DEFAULT_LEARNING_RATES, weight_decays=DEFAULT_WEIGHT_DECAYS,
           validation_split: str = "validation", test_split: str = "test") -> dict:
     """Runs every (lr, wd) point on `validation_split`, then the best one on `test_split`.
@@ -50,6 +43,7 @@ def sweep(cfg: Config, learning_rates=DEFAULT_LEARNING_RATES, weight_decays=DEFA
     """
     if not cfg.data_dir:  # one dataset build shared by every point
         cfg = dataclasses.replace(cfg, data_dir=os.path.join(cfg.model_dir, "data"))
+    cfg = dataclasses.replace(cfg, model_dir=io.run_path(cfg.model_dir), data_dir=io.run_path(cfg.data_dir))
     grid = [(lr, wd) for lr in learning_rates for wd in weight_decays]
     if len({point_dir(cfg.model_dir, lr, wd) for lr, wd in grid}) < len(grid):
         raise ConfigError(f"sweep: two grid points share a directory (equal to 3 significant digits): {grid}")
@@ -60,24 +54,24 @@ def sweep(cfg: Config, learning_rates=DEFAULT_LEARNING_RATES, weight_decays=DEFA
         point = dataclasses.replace(cfg, mode="train_then_eval", model_dir=run_dir, learning_rate=lr,
                                     weight_decay=wd, eval_split=validation_split, eval_dataset="")
         experiment.check_settings(point)  # a rerun with other flags must not reuse this point's score
-        if not os.path.exists(done):
+        if not io.exists(done):
             if experiment.run(point)["train"]["preempted"]:
                 return {"preempted": run_dir}
-            shutil.copyfile(os.path.join(run_dir, "result.json"), done)
-        metric, value = headline(_read(done))
+            io.write_bytes(done, io.read_bytes(os.path.join(run_dir, "result.json")))
+        metric, value = headline(io.read_json(done))
         log.info("sweep point lr=%.2e wd=%.2e: %s=%s", lr, wd, metric, "undefined" if value is None else
                  f"{value:.4f}")
         points.append({"learning_rate": lr, "weight_decay": wd, "model_dir": run_dir, metric: value})
 
     scored = [p for p in points if p[metric] is not None]
     if not scored:
-        raise DataError(f"sweep: {metric} on {cfg.dataset}/{validation_split} is undefined at every point (no "
-                        f"task has both positive and negative labels there); validate on a larger split")
+        raise DataError(f"sweep: {metric} on {cfg.dataset}/{validation_split} is undefined at every point "
+                        f"(no task has both positive and negative labels there); validate on a larger split")
     best = max(scored, key=lambda p: p[metric])
-    final = dataclasses.replace(cfg, mode="eval", model_dir=best["model_dir"], learning_rate=best["learning_rate"],
-                                weight_decay=best["weight_decay"], eval_split=test_split, checkpoint="")
+    final = dataclasses.replace(cfg, mode="eval", model_dir=best["model_dir"],
+                                learning_rate=best["learning_rate"], weight_decay=best["weight_decay"],
+                                eval_split=test_split, checkpoint="")
     test_result = experiment.run(final)["result"]
     summary = {"metric": metric, "points": points, "best": best, "test_result": test_result}
-    with open(os.path.join(cfg.model_dir, "sweep.json"), "w") as f:
-        json.dump(summary, f, indent=2, sort_keys=True, default=float)
+    io.write_json(os.path.join(cfg.model_dir, "sweep.json"), summary, sort_keys=True, default=float)
     return summary

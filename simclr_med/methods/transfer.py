@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
+import functools
 import json
 import logging
 import os
@@ -40,20 +40,15 @@ import sys
 from collections.abc import Sequence
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from simclr_med.train import factory
-from simclr_med.train import checkpoints
-from simclr_med.evaluation import compare
-from simclr_med.data import datasets
-from simclr_med.evaluation import predict
-from simclr_med import experiment
-from simclr_med.evaluation import metrics
-from simclr_med.data import pipelines
-from simclr_med.methods import sweep
+from simclr_med import config, experiment, io
 from simclr_med.config import Config
+from simclr_med.data import datasets
 from simclr_med.errors import CheckpointError, ConfigError, DataError, SimclrMedError
+from simclr_med.evaluation import metrics, predict, statistics, tables
+from simclr_med.methods import sweep
+from simclr_med.train import checkpoints, factory
 
 log = logging.getLogger(__name__)
 
@@ -86,59 +81,15 @@ class Spec:
 
 # ------------------------------------------------------------------------------------ the spec
 
-_FIELD_TYPES = {f.name: type(f.default) for f in dataclasses.fields(Config)}
-
-
-def _coerce(name: str, value, where: str):
-    """A Config field value from JSON or flagfile text, with the field and place named on error."""
-    if name not in _FIELD_TYPES or name in _HARNESS_FIELDS:
-        why = "is set by the harness" if name in _HARNESS_FIELDS else "is not a Config field / run.py flag"
-        raise ConfigError(f"{where}: {name!r} {why}")
-    kind = _FIELD_TYPES[name]
-    if kind is bool and isinstance(value, str):
-        if value.lower() not in ("true", "false", "1", "0"):
-            raise ConfigError(f"{where}: {name}={value!r} is not a boolean")
-        return value.lower() in ("true", "1")
-    try:
-        if kind is bool and not isinstance(value, bool):
-            raise TypeError
-        if kind is int and isinstance(value, float) and not value.is_integer():
-            raise TypeError
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {name}={value!r} is not of type {kind.__name__}") from None
-
-
-def read_flagfile(path: str) -> dict:
-    """`--name=value` lines (comments, blank lines and nested --flagfile allowed) → typed fields."""
-    try:
-        with open(path) as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise ConfigError(f"flagfile {path}: cannot read it ({e.strerror})") from None
-    values = {}
-    for n, raw in enumerate(lines, 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if not line.startswith("--"):
-            raise ConfigError(f"{path}:{n}: expected --name=value, got {line!r}")
-        name, has_value, value = line[2:].partition("=")
-        if name == "flagfile":
-            values.update(read_flagfile(value))
-        elif not has_value and name.startswith("no") and _FIELD_TYPES.get(name[2:]) is bool:
-            values[name[2:]] = False
-        else:
-            values[name] = _coerce(name, value if has_value else "true", f"{path}:{n}")
-    return values
-
-
 def _fields(mapping, where: str) -> dict:
     """Config field values of a spec section; a `flagfile` entry is read first, the rest override."""
     if not isinstance(mapping, dict):
         raise ConfigError(f"{where}: expected an object of Config fields, got {type(mapping).__name__}")
-    values = read_flagfile(mapping["flagfile"]) if "flagfile" in mapping else {}
-    values.update({k: _coerce(k, v, where) for k, v in mapping.items() if k != "flagfile"})
+    values = config.read_flagfile(mapping["flagfile"]) if "flagfile" in mapping else {}
+    values.update({k: config.coerce(k, v, where) for k, v in mapping.items() if k != "flagfile"})
+    harness = [k for k in values if k in _HARNESS_FIELDS]
+    if harness:
+        raise ConfigError(f"{where}: {harness[0]!r} is set by the harness")
     return values
 
 
@@ -147,8 +98,7 @@ def load_spec(spec, source: str = "spec") -> Spec:
     if isinstance(spec, str):
         source = spec
         try:
-            with open(spec) as f:
-                spec = json.load(f)
+            spec = io.read_json(spec)
         except OSError as e:
             raise ConfigError(f"{source}: cannot read the spec ({e.strerror})") from None
         except json.JSONDecodeError as e:
@@ -228,7 +178,8 @@ def stopping_point(history: Sequence[tuple[int, float | None]], patience: int) -
         else:
             wait += 1
         if wait >= patience:
-            return {"best_step": best_step, "best_value": best_value, "stop_step": step, "stopped_early": True}
+            return {"best_step": best_step, "best_value": best_value, "stop_step": step,
+                    "stopped_early": True}
     return {"best_step": best_step, "best_value": best_value,
             "stop_step": history[-1][0] if history else None, "stopped_early": False}
 
@@ -240,15 +191,11 @@ def _checkpoint_steps(model_dir: str) -> list[tuple[int, str]]:
 
 
 def _read_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
+    return io.read_json(path)
 
 
 def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(compare.to_jsonable(obj), f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    io.write_json(path, tables.to_jsonable(obj), sort_keys=True)
 
 
 class _Validator:
@@ -259,26 +206,17 @@ class _Validator:
         self.classes = _read_json(os.path.join(cfg.model_dir, experiment.CLASSES_FILE))
         self.metric = metric
         self._restored = None
-        ds, self.meta = datasets.load(cfg.dataset, split, data_dir=cfg.data_dir,
-                                      manual_dir=cfg.manual_dir or None,
-                                      uncertainty_policy=cfg.uncertainty_policy, seed=cfg.seed)
-        self.data = pipelines.supervised_dataset(ds, self.meta, batch_size=cfg.eval_batch_size,
-                                                 image_size=cfg.image_size, augmentation="none",
-                                                 training=False, with_ids=True)
+        self.data = functools.cache(functools.partial(predict.eval_data, cfg, cfg.dataset, split))
 
     def score_checkpoint(self, prefix: str) -> tuple[str, float | None]:
         if self._restored is None:
             self._restored = factory.classifier(self.cfg, num_classes=len(self.classes["class_names"]),
                                               multi_label=self.classes["multi_label"], num_train_examples=1)
-        checkpoints.restore_weights(self._restored, prefix)
+        predict.restore_checkpoint(self._restored, prefix)
         return self.score(self._restored)
 
     def score(self, model) -> tuple[str, float | None]:
-        pred = predict.score(predict.predict(model, self.data),
-                              model_classes=self.classes["class_names"],
-                              model_multi_label=self.classes["multi_label"],
-                              data_classes=self.meta.class_names, eval_tasks=self.classes["eval_tasks"])
-        result = metrics.compute_metrics(pred)
+        result = predict.evaluate_checkpoint(model, None, self.data, self.classes)
         if self.metric is None:
             return sweep.headline(result)
         if self.metric not in result:
@@ -293,7 +231,7 @@ def _early_stopped(cfg: Config, early: EarlyStopping, metric: str | None) -> dic
     Returns the cell's early-stopping record, or None when SIGTERM stopped the training.
     """
     path = os.path.join(cfg.model_dir, STATE_FILE)
-    state = _read_json(path) if os.path.exists(path) else {"history": [], "trained": False}
+    state = _read_json(path) if io.exists(path) else {"history": [], "trained": False}
     validator = None
 
     def record(step: int, scored: tuple[str, float | None]) -> bool:
@@ -324,9 +262,9 @@ def _early_stopped(cfg: Config, early: EarlyStopping, metric: str | None) -> dic
     if decision["best_step"] is None:
         raise DataError(f"{cfg.model_dir}: validation {state.get('metric')} is undefined at every "
                         f"checkpoint of {cfg.dataset}/{early.validation_split}")
-    _, meta = datasets.load(cfg.dataset, cfg.train_split, data_dir=cfg.data_dir, manual_dir=cfg.manual_dir or None,
-                            uncertainty_policy=cfg.uncertainty_policy, label_fraction=cfg.label_fraction,
-                            seed=cfg.seed)
+    _, meta = datasets.load(cfg.dataset, cfg.train_split, data_dir=cfg.data_dir,
+                            manual_dir=cfg.manual_dir or None, uncertainty_policy=cfg.uncertainty_policy,
+                            label_fraction=cfg.label_fraction, seed=cfg.seed, pixel_bits=cfg.pixel_bits)
     # Fine-tuning steps through images (a case's images are separate examples), so epochs count images.
     state.update(decision, validation_split=early.validation_split, patience=early.patience,
                  eval_every=cfg.checkpoint_steps, num_train_examples=meta.num_examples,
@@ -348,15 +286,15 @@ def _prune(model_dir: str, best_step: int) -> None:
     checkpoints.write_state(model_dir, [os.path.basename(p) for p in kept])
     for _, prefix in entries:
         if prefix not in kept:
-            for file in glob.glob(prefix + ".*"):
-                os.remove(file)
+            for file in io.glob(prefix + ".*"):
+                io.remove(file)
 
 
 def run_cell(cfg: Config, early: EarlyStopping | None, metric: str | None) -> str:
     """Runs one cell unless its result.json exists: "skipped", "done" or "preempted" (SIGTERM)."""
     # Results of two settings in one table would compare nothing.
     experiment.check_settings(cfg, early_stopping=dataclasses.asdict(early) if early else None)
-    if os.path.exists(os.path.join(cfg.model_dir, "result.json")):
+    if io.exists(os.path.join(cfg.model_dir, "result.json")):
         return "skipped"
     try:
         if early is None:
@@ -381,34 +319,30 @@ def _cell_record(cfg: Config, metric: str | None) -> dict:
     name, value = (metric, metrics.finite(result[metric])) if metric else sweep.headline(result)
     record = {"seed": cfg.seed, "metric": name, "value": value, "final_step": result.get("global_step")}
     state_path = os.path.join(cfg.model_dir, STATE_FILE)
-    if os.path.exists(state_path):
+    if io.exists(state_path):
         state = _read_json(state_path)
         record.update({k: state[k] for k in ("best_step", "stop_step", "stopped_early", "epochs_to_best")})
     return record
-
-
-def _mean_std(values) -> dict:
-    values = [v for v in values if v is not None]
-    return {"mean": float(np.mean(values)) if values else None,
-            "std": float(np.std(values, ddof=1)) if len(values) > 1 else None, "n": len(values)}
 
 
 def build_table(spec: Spec, records: dict) -> dict:
     """Mean ± std per (task, init), convergence, and the t-test of each init vs the baseline."""
     rows = []
     for task in spec.tasks:
-        values = {init: [r["value"] for r in records[task, init] if r["value"] is not None] for init in spec.inits}
+        values = {init: [r["value"] for r in records[task, init] if r["value"] is not None]
+                  for init in spec.inits}
         for init in spec.inits:
             recs = records[task, init]
             row = {"task": task, "init": init, "seeds": [r["seed"] for r in recs],
-                   "metric": recs[0]["metric"], "values": [r["value"] for r in recs], **_mean_std(values[init])}
+                   "metric": recs[0]["metric"], "values": [r["value"] for r in recs],
+                   **statistics.mean_std(values[init])}
             if spec.early_stopping:
-                row["best_step"] = _mean_std([r["best_step"] for r in recs])
-                row["epochs_to_best"] = _mean_std([r["epochs_to_best"] for r in recs])
+                row["best_step"] = statistics.mean_std([r["best_step"] for r in recs])
+                row["epochs_to_best"] = statistics.mean_std([r["epochs_to_best"] for r in recs])
                 row["stopped_early"] = sum(bool(r["stopped_early"]) for r in recs)
             if spec.baseline and init != spec.baseline:
                 try:
-                    row["ttest"] = compare.ttest(values[spec.baseline], values[init])
+                    row["ttest"] = statistics.ttest(values[spec.baseline], values[init])
                 except ValueError as e:
                     row["ttest"] = {"p_value": None, "note": str(e)}
             rows.append(row)
@@ -422,8 +356,10 @@ def run(spec, root: str) -> dict:
 
     When SIGTERM stops a cell (its checkpoint saved), returns {"preempted": cell dir} instead.
     """
+    root = io.run_path(root)
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
-    cells = {(t, i, s): cell_config(spec, root, t, i, s) for t in spec.tasks for i in spec.inits for s in spec.seeds}
+    cells = {(t, i, s): cell_config(spec, root, t, i, s)
+             for t in spec.tasks for i in spec.inits for s in spec.seeds}
     for init, fields in spec.inits.items():  # a missing init fails now, not hours into the run
         if fields.get("checkpoint"):
             try:
@@ -444,7 +380,6 @@ def run(spec, root: str) -> dict:
         records.setdefault((task, init), []).append(_cell_record(cfg, spec.metric))
     table = build_table(spec, records)
     table["ran"] = ran
-    os.makedirs(root, exist_ok=True)
     _write_json(os.path.join(root, TABLE_FILE), table)
     return table
 
@@ -465,16 +400,20 @@ def format_table(table: dict) -> str:
     for r in table["rows"]:
         cells = [r["task"], r["init"], str(r["n"]), _fmt(r)]
         if table["early_stopping"]:
-            cells += [_fmt(r["best_step"], 0), _fmt(r["epochs_to_best"], 2), f"{r['stopped_early']}/{len(r['seeds'])}"]
+            cells += [_fmt(r["best_step"], 0), _fmt(r["epochs_to_best"], 2),
+                      f"{r['stopped_early']}/{len(r['seeds'])}"]
         if table["baseline"]:
             t = r.get("ttest")
             p = t.get("p_value") if t else None
-            cells += ["" if t is None else ("-" if t.get("mean_diff") is None else f"{t['mean_diff']:+.4f}"),
-                      "" if t is None else ("-" if p is None else f"{p:.3g}" + (" *" if t.get("significant") else ""))]
+            if t is None:
+                cells += ["", ""]
+            else:
+                diff = "-" if t.get("mean_diff") is None else f"{t['mean_diff']:+.4f}"
+                p_text = "-" if p is None else f"{p:.3g}" + (" *" if t.get("significant") else "")
+                cells += [diff, p_text]
         lines.append(cells)
-    widths = [max(len(x) for x in col) for col in zip(header, *lines)]
     out = [table["description"]] if table["description"] else []
-    out += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *lines]]
+    out.append(tables.text_table(header, lines, rule=False))
     if table["baseline"]:
         out.append(f"p: independent two-sample t-test against {table['baseline']} over the seeds; "
                    "* p < 0.05, not adjusted for the number of comparisons")

@@ -1,20 +1,20 @@
 """A Conv2D that picks, per static input shape, the fastest TensorFlow formulation of the same op.
 
-Measured on a 2-core AVX2 CPU, fwd+bwd of every ResNet-50 convolution at 64 and 224 px
-(benchmarks/conv_kernels.py). Which formulation wins depends on TensorFlow's CPU kernels:
+The choices come from timing fwd+bwd of every ResNet-50 convolution on a CPU
+(benchmarks/conv_kernels.py; figures in the README). Which formulation wins depends on
+TensorFlow's CPU kernels:
 
 - oneDNN (TF_ENABLE_ONEDNN_OPTS=1, which run.py sets): the convolution kernels win, except on
   maps of a few pixels (the last stages at 64 px: up to 2×2 at stride 1, 8×8 at stride 2), where
   oneDNN falls back to slow generic code and im2col + one matmul is faster. Strided 1×1
   convolutions with fewer than 8 (or a non-multiple of 8) input channels also go to the matmul:
-  TF 2.21's oneDNN filter gradient is wrong for them (off by 20–100%; tests/test_conv.py
-  catches it).
+  TF 2.21's oneDNN filter gradient is wrong for them (tests/models/test_conv.py catches it).
 - Eigen (TensorFlow's default on CPUs without AVX-512): the same tiny-map rule, plus 1×1
-  convolutions as plain matmuls (1.1–25× faster), and k×k stride-1 convolutions whose input
-  gradient runs as a forward convolution of the output gradient with the flipped, transposed
-  kernel (the same maths; Eigen's input-gradient kernel is ~2× slower than its forward one).
+  convolutions as plain matmuls, and k×k stride-1 convolutions whose input gradient runs as a
+  forward convolution of the output gradient with the flipped, transposed kernel (the same
+  maths; Eigen's input-gradient kernel is slower than its forward one).
 - Both: float32 stride-1 3×3 convolutions with ≥128 channels in and out run as Winograd
-  convolutions (`winograd.py`; 1.2–2.1× faster fwd+bwd in ResNet-50's stages 2–4 at 64 px).
+  convolutions (`winograd.py`; fewer multiplications in ResNet-50's stages 2–4).
 - With a GPU or TPU visible, every convolution is `tf.nn.conv2d`: the choices above are CPU
   measurements, and accelerators have their own Winograd/implicit-GEMM kernels.
 
@@ -95,8 +95,7 @@ def gemm_conv(x, kernel, stride: int, pads=None):
 
     On maps of at most SELECTION_MAX_PIXELS the patches are gathered by a matmul with a constant
     0/1 matrix: one small batched matmul each way instead of k² strided slices and their
-    gradients, memory-bound copies that cost as much as the convolution's maths (a 4×4 map at
-    stride 2: 63 → 29 ms fwd + bwd, benchmarks/conv_kernels.py).
+    gradients, memory-bound copies that cost as much as the convolution's maths.
     """
     k, _, c_in, c_out = kernel.shape
     h, w = x.shape[1], x.shape[2]
@@ -111,7 +110,8 @@ def gemm_conv(x, kernel, stride: int, pads=None):
         patches = x[:, ::stride, ::stride, :]
     else:
         x = tf.pad(x, [[0, 0], pad_h, pad_w, [0, 0]])
-        patches = tf.concat([x[:, i:i + (out_h - 1) * stride + 1:stride, j:j + (out_w - 1) * stride + 1:stride, :]
+        span_h, span_w = (out_h - 1) * stride + 1, (out_w - 1) * stride + 1
+        patches = tf.concat([x[:, i:i + span_h:stride, j:j + span_w:stride, :]
                              for i in range(k) for j in range(k)], axis=-1)
     out = tf.matmul(tf.reshape(patches, [-1, k * k * c_in]), tf.reshape(kernel, [k * k * c_in, c_out]))
     return tf.reshape(out, [-1, out_h, out_w, c_out])
@@ -135,12 +135,13 @@ def _kernel_conv(x, kernel, stride: int, pads):
     """TensorFlow's convolution kernel, SAME (pads None) or on an explicitly padded input."""
     if pads is None:
         return tf.nn.conv2d(x, kernel, stride, "SAME")
-    # pad + VALID: TensorFlow's explicit-padding convolution is ~1.5x slower on oneDNN (fwd + bwd).
+    # pad + VALID: TensorFlow's explicit-padding convolution is slower on oneDNN (fwd + bwd).
     return tf.nn.conv2d(tf.pad(x, [[0, 0], *pads, [0, 0]]), kernel, stride, "VALID")
 
 
 def _pads_differ(h, w, k: int, stride: int) -> bool:
-    """Whether SimCLR's padding puts another number of pixels before than SAME (assumed if a size is unknown)."""
+    """Whether SimCLR's padding puts another number of pixels before than SAME (assumed if a size
+    is unknown)."""
     return any(size is None or same_padding(size, k, stride)[0] != fixed_padding(k)[0] for size in (h, w))
 
 
@@ -196,4 +197,5 @@ class Conv2D(keras.layers.Conv2D):
     def convolution_op(self, inputs, kernel):
         if not self._fast_path_applies():
             return super().convolution_op(inputs, kernel)
-        return convolution(inputs, tf.convert_to_tensor(kernel), self.strides[0], self.winograd, self.fixed_padding)
+        return convolution(inputs, tf.convert_to_tensor(kernel), self.strides[0], self.winograd,
+                           self.fixed_padding)

@@ -10,11 +10,11 @@ bits, which evaluation (full-precision decoding) keeps.
 from __future__ import annotations
 
 import os
-import shutil
 
 import keras
 import tensorflow as tf
 
+from simclr_med import io
 from simclr_med.data import augment
 
 
@@ -34,16 +34,12 @@ def _serving_fn(model, image_size: int):
 
 
 def export_saved_model(model, export_root: str, *, step: int, image_size: int) -> str:
-    """Writes `export_root/<step>/` atomically (temporary directory, then rename)."""
-    final = os.path.join(export_root, str(step))
-    tmp = final + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    """Writes `export_root/<step>/`, which TF Serving never sees half-written (`io.publish_dir`:
+    locally a temporary folder renamed into place; in a bucket saved_model.pb marks it complete).
+    """
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", _serving_fn(model, image_size),
                          input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
-    archive.write_out(tmp, verbose=False)
-    if os.path.exists(final):
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    return final
+    return io.publish_dir(os.path.join(export_root, str(step)),
+                          lambda folder: archive.write_out(folder, verbose=False))

@@ -77,6 +77,7 @@ def nt_xent(
     return ContrastiveOutput(
         loss=local_sum / tf.cast(tf.shape(z1_all)[0], tf.float32),
         mean_loss=local_sum / tf.cast(b, tf.float32),
-        accuracy=tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits_ab, 1, output_type=tf.int32), positives), tf.float32)),
+        accuracy=tf.reduce_mean(
+            tf.cast(tf.equal(tf.argmax(logits_ab, 1, output_type=tf.int32), positives), tf.float32)),
         entropy=-tf.reduce_mean(tf.reduce_sum(prob_ab * tf.math.log(prob_ab + 1e-8), axis=-1)),
     )

@@ -11,8 +11,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from simclr_med.models import batchnorm
-from simclr_med.models import conv
+from simclr_med.models import batchnorm, conv
 
 # depth -> (block kind, blocks per stage)
 _SPECS = {

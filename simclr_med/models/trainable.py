@@ -39,7 +39,8 @@ class _GuardedModel(keras.Model):
             v.assign(tf.where(finite, v, old))
 
     def _minimize(self, scaled_loss, tape):
-        """Applies gradients of `optimizer.scale_loss(loss)` (computed inside the tape); True if all finite."""
+        """Applies gradients of `optimizer.scale_loss(loss)` (computed inside the tape); True if all
+        finite."""
         grads = tape.gradient(scaled_loss, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)
         return tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])
@@ -52,7 +53,8 @@ class _GuardedModel(keras.Model):
         loss scaling, overflowing gradients are routine: the optimizer skips them and lowers the scale.
         """
         finite = tf.math.is_finite(loss)
-        overflow_expected = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer) and not self.rollback_nonfinite
+        loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        overflow_expected = loss_scaled and not self.rollback_nonfinite
         return finite if overflow_expected else tf.logical_and(finite, grads_finite)
 
     def _count(self, finite):

@@ -87,8 +87,8 @@ def load_encoder_weights(unet: UNet, source: keras.Model) -> int:
     """
     source = getattr(source, "encoder", source)
     target = unet.encoder
-    src = {l.name: l for l in source.layers if l.weights}
-    dst = {l.name: l for l in target.layers if l.weights}
+    src = {layer.name: layer for layer in source.layers if layer.weights}
+    dst = {layer.name: layer for layer in target.layers if layer.weights}
     if src.keys() != dst.keys():
         extra, missing = sorted(src.keys() - dst.keys()), sorted(dst.keys() - src.keys())
         raise CheckpointError(

@@ -9,18 +9,17 @@ removed and a finished but unlisted checkpoint is listed.
 from __future__ import annotations
 
 import contextlib
-import glob
 import logging
 import os
-import shutil
 import time
 
 import keras
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from simclr_med.train import simclr_tf1
+from simclr_med import io
 from simclr_med.errors import CheckpointError
+from simclr_med.train import simclr_tf1
 
 log = logging.getLogger(__name__)
 KERAS_FILES = (".keras", ".h5")  # a Keras model or weights file (`.weights.h5` included), not a checkpoint
@@ -42,8 +41,10 @@ def write_state(model_dir: str, names: list[str]) -> None:
     """Rewrites the `checkpoint` state file to list `names` (relative, the last one the newest).
 
     With timestamps: a CheckpointManager only manages (and resumes from) the listed checkpoints
-    whose timestamps are later than the state's `last_preserved_timestamp`.
+    whose timestamps are later than the state's `last_preserved_timestamp`. `model_dir` is made
+    absolute first: TensorFlow records bare names relative to a relative folder (`../../ckpt-60`).
     """
+    model_dir = io.run_path(model_dir)
     state = tf.train.get_checkpoint_state(model_dir)
     now = time.time()
     last_preserved = state.last_preserved_timestamp if state else now - 1.0
@@ -74,32 +75,33 @@ def _settle_unlisted(model_dir: str) -> None:
     (one that proves unreadable is skipped by `restore_latest`). Everything else unlisted, and
     the temporary files of a save killed earlier, is removed.
     """
-    state = tf.train.get_checkpoint_state(model_dir) if os.path.isdir(model_dir) else None
+    state = tf.train.get_checkpoint_state(model_dir) if io.isdir(model_dir) else None
     listed = [os.path.basename(p) for p in state.all_model_checkpoint_paths] if state else []
     files = {}
-    for path in glob.glob(os.path.join(model_dir, "ckpt-*")):
+    for path in io.glob(os.path.join(model_dir, "ckpt-*")):
         name = os.path.basename(path)
         if "_temp" in name:
-            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+            io.rmtree(path) if io.isdir(path) else io.remove(path)
         else:
             files.setdefault(name.split(".index")[0].split(".data-")[0], []).append(path)
-    for path in glob.glob(os.path.join(model_dir, "checkpoint.tmp*")):  # state file never renamed
-        os.remove(path)
+    for path in io.glob(os.path.join(model_dir, "checkpoint.tmp*")):  # state file never renamed
+        io.remove(path)
     unlisted = sorted((p for p in files if p not in listed), key=step_of)
     newest_listed = max(map(step_of, listed), default=-1)
-    if unlisted and step_of(unlisted[-1]) > newest_listed and _complete(os.path.join(model_dir, unlisted[-1])):
+    if (unlisted and step_of(unlisted[-1]) > newest_listed
+            and _complete(os.path.join(model_dir, unlisted[-1]))):
         adopted = unlisted.pop()
         log.warning("listing checkpoint %s, written but not listed when the run was killed", adopted)
         write_state(model_dir, listed + [adopted])
     for prefix in unlisted:
         for path in files[prefix]:
             log.warning("removing incomplete checkpoint file %s", path)
-            os.remove(path)
+            io.remove(path)
 
 
 def _complete(prefix: str) -> bool:
     """Whether a checkpoint's index and data files are there and its index reads."""
-    if not os.path.exists(prefix + ".index") or not glob.glob(prefix + ".data-*"):
+    if not io.exists(prefix + ".index") or not io.glob(prefix + ".data-*"):
         return False
     try:
         tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
@@ -136,7 +138,8 @@ def restore_latest(manager: tf.train.CheckpointManager) -> int:
         log.info("resumed from %s (step %d)", path, step)
         return step
     if unreadable:
-        raise CheckpointError(f"{manager.directory}: no listed checkpoint can be read ({', '.join(unreadable)}); "
+        raise CheckpointError(f"{manager.directory}: no listed checkpoint can be read "
+                              f"({', '.join(unreadable)}); "
                               "delete them to start from step 0, or use a new --model_dir")
     return 0
 
@@ -147,21 +150,24 @@ def _first_line(e: Exception) -> str:
 
 def resolve_checkpoint(path: str) -> str:
     """A run directory → its latest checkpoint; a checkpoint prefix or weights file → itself."""
-    if os.path.isdir(path):
+    if io.isdir(path):
         latest = tf.train.latest_checkpoint(path)
         if latest is None:  # no `checkpoint` state file (a downloaded folder): its only checkpoint
-            prefixes = sorted(p[:-len(".index")] for p in glob.glob(os.path.join(path, "*.index")))
+            prefixes = sorted(p[:-len(".index")] for p in io.glob(os.path.join(path, "*.index")))
             if len(prefixes) != 1:
-                raise CheckpointError(f"--checkpoint={path}: directory holds no checkpoint" if not prefixes else
-                                      f"--checkpoint={path}: directory holds {len(prefixes)} checkpoints and no "
-                                      f"`checkpoint` file naming the latest; name one: {', '.join(prefixes)}")
+                if not prefixes:
+                    raise CheckpointError(f"--checkpoint={path}: directory holds no checkpoint")
+                raise CheckpointError(f"--checkpoint={path}: directory holds {len(prefixes)} checkpoints "
+                                      f"and no `checkpoint` file naming the latest; "
+                                      f"name one: {', '.join(prefixes)}")
             latest = prefixes[0]
         return latest
-    if path.endswith(KERAS_FILES) or os.path.exists(path + ".index"):
-        if not (os.path.exists(path) or os.path.exists(path + ".index")):
+    if path.endswith(KERAS_FILES) or io.exists(path + ".index"):
+        if not (io.exists(path) or io.exists(path + ".index")):
             raise CheckpointError(f"--checkpoint={path}: no such file")
         return path
-    raise CheckpointError(f"--checkpoint={path}: not a run directory, checkpoint prefix or Keras weights file")
+    raise CheckpointError(f"--checkpoint={path}: not a run directory, checkpoint prefix "
+                          "or Keras weights file")
 
 
 def restore_weights(model: keras.Model, path: str) -> None:
@@ -209,7 +215,8 @@ def load_projection_head(head: keras.Model, path: str) -> bool:
     file), and the head starts fresh. A head of another shape is an error, not a partial load."""
     has_head = False
     if not path.endswith(KERAS_FILES):
-        with _reading(path, "its projection head does not fit this one (--num_proj_layers/--proj_out_dim must "
+        with _reading(path, "its projection head does not fit this one "
+                            "(--num_proj_layers/--proj_out_dim must "
                             "match the run that wrote it, or --nocheckpoint_head)"):
             reader = tf.train.load_checkpoint(path)
             if prefix := simclr_tf1.base_prefix(reader):
@@ -218,15 +225,18 @@ def load_projection_head(head: keras.Model, path: str) -> bool:
                 tf.train.Checkpoint(model=tf.train.Checkpoint(projection_head=head)).restore(
                     path).expect_partial().assert_existing_objects_matched()
                 has_head = True
-    log.info("initialised projection head from %s" if has_head else "projection head starts fresh: %s has none",
-             path)
+    if has_head:
+        log.info("initialised projection head from %s", path)
+    else:
+        log.info("projection head starts fresh: %s has none", path)
     return has_head
 
 
 def _children(reader, name: str) -> set[str]:
     """Names of the objects under the checkpoint root's `name` (a run's variables are keyed by the
     first path to them, often through the optimizer, so only the object graph says what a model had)."""
-    graph = trackable_object_graph_pb2.TrackableObjectGraph.FromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    serialized = reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH")
+    graph = trackable_object_graph_pb2.TrackableObjectGraph.FromString(serialized)
     node = next((c.node_id for c in graph.nodes[0].children if c.local_name == name), None)
     return set() if node is None else {c.local_name for c in graph.nodes[node].children}
 

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import keras
 
-from simclr_med.models import heads
-from simclr_med.models import trainable
-from simclr_med.models import resnet
 from simclr_med.config import Config
+from simclr_med.models import heads, resnet, trainable
 from simclr_med.train.optimizers import build_optimizer
 from simclr_med.train.schedules import WarmupCosine
 
@@ -29,7 +27,8 @@ def make_optimizer(cfg: Config, num_train_examples: int, unadapted=()) -> keras.
     gathered negatives and synchronized BatchNorm (a frozen encoder's linear head has neither).
     """
     total = cfg.total_steps(num_train_examples)
-    schedule = WarmupCosine(cfg.scaled_learning_rate(), min(cfg.warmup_steps(num_train_examples), total), total)
+    warmup = min(cfg.warmup_steps(num_train_examples), total)
+    schedule = WarmupCosine(cfg.scaled_learning_rate(), warmup, total)
     opt = build_optimizer(cfg.optimizer, schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           unadapted=unadapted)
     if cfg.precision == "mixed_float16":
@@ -48,12 +47,15 @@ def _compile(model: keras.Model, cfg: Config, num_train_examples: int, unadapted
     return model
 
 
-def contrastive_model(cfg: Config, *, num_train_examples: int, num_replicas: int = 1) -> trainable.ContrastiveModel:
+def contrastive_model(
+    cfg: Config, *, num_train_examples: int, num_replicas: int = 1
+) -> trainable.ContrastiveModel:
     sync_bn = num_replicas > 1
     encoder = make_encoder(cfg, sync_bn)
     head = heads.build_projection_head(encoder.output_shape[-1], num_layers=cfg.num_proj_layers,
                                        out_dim=cfg.proj_out_dim, sync_bn=sync_bn)
-    model = trainable.ContrastiveModel(encoder, head, temperature=cfg.temperature, hidden_norm=cfg.hidden_norm)
+    model = trainable.ContrastiveModel(encoder, head, temperature=cfg.temperature,
+                                       hidden_norm=cfg.hidden_norm)
     model.build((None, cfg.image_size, cfg.image_size, 3))
     return _compile(model, cfg, num_train_examples)
 

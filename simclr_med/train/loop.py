@@ -14,8 +14,8 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from simclr_med.train import checkpoints
 from simclr_med.errors import NonFiniteLossError
+from simclr_med.train import checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,8 @@ class ScalarLogger(keras.callbacks.Callback):
         with self.writer.as_default(step=step):
             for name, value in (logs or {}).items():
                 tf.summary.scalar(name, float(value))
-            tf.summary.scalar("learning_rate", float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+            learning_rate = keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+            tf.summary.scalar("learning_rate", float(learning_rate))
         self.writer.flush()
 
 

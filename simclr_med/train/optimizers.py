@@ -25,7 +25,8 @@ class _L2InGradient:
 
     def __init__(self, *args, weight_decay_rate: float = 0.0, **kwargs):
         if kwargs.pop("weight_decay", None) is not None:
-            raise ValueError(f"{type(self).__name__}: use weight_decay_rate (L2 in the gradient), not weight_decay")
+            raise ValueError(f"{type(self).__name__}: use weight_decay_rate (L2 in the gradient), "
+                             "not weight_decay")
         if weight_decay_rate < 0.0:
             raise ValueError(f"{type(self).__name__}: weight_decay_rate={weight_decay_rate} must be >= 0")
         super().__init__(*args, **kwargs)

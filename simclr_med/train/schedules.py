@@ -16,13 +16,15 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     `WarmUpAndCosineDecay`, which scales inside the schedule.
     """
 
-    def __init__(self, base_learning_rate: float, warmup_steps: int, total_steps: int, name: str = "warmup_cosine"):
+    def __init__(self, base_learning_rate: float, warmup_steps: int, total_steps: int,
+                 name: str = "warmup_cosine"):
         if base_learning_rate < 0:
             raise ValueError(f"WarmupCosine: base_learning_rate={base_learning_rate} must be >= 0")
         if total_steps < 1:
             raise ValueError(f"WarmupCosine: total_steps={total_steps} must be >= 1")
         if not 0 <= warmup_steps <= total_steps:
-            raise ValueError(f"WarmupCosine: warmup_steps={warmup_steps} must be in [0, total_steps={total_steps}]")
+            raise ValueError(f"WarmupCosine: warmup_steps={warmup_steps} "
+                             f"must be in [0, total_steps={total_steps}]")
         self.base_learning_rate = float(base_learning_rate)
         self.warmup_steps = int(warmup_steps)
         self.total_steps = int(total_steps)

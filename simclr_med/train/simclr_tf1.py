@@ -11,7 +11,7 @@ message instead of loading into the wrong layers. (SimCLR's ResNet-18/34, never 
 projection in their first block where `build_resnet` has none: the count check refuses them too.)
 
 `build_resnet` pads strided convolutions as SimCLR does (`conv.fixed_padding`), so the imported
-encoder computes the original network's features (tests/test_simclr_tf1.py checks this against
+encoder computes the original network's features (tests/train/test_simclr_tf1.py checks this against
 SimCLR's network written from its code).
 """
 from __future__ import annotations
@@ -36,14 +36,16 @@ def base_prefix(reader) -> str | None:
 
 
 def conv_bn_pairs(encoder: keras.Model) -> list[tuple[keras.layers.Layer, keras.layers.Layer]]:
-    """(convolution, its BatchNorm) in SimCLR's creation order: stem, then per block projection, conv1, conv2, …"""
+    """(convolution, its BatchNorm) in SimCLR's creation order: stem, then per block projection,
+    conv1, conv2, …"""
     def order(layer):
         if layer.name == "stem_conv":
             return (0, 0, 0)
         stage, block, conv = _CONV_NAME.match(layer.name).groups()
         return (int(stage), int(block), int(conv or 0))  # the projection (no number) comes first
 
-    convs = sorted((l for l in encoder.layers if l.name == "stem_conv" or _CONV_NAME.match(l.name)), key=order)
+    convs = sorted((layer for layer in encoder.layers
+                    if layer.name == "stem_conv" or _CONV_NAME.match(layer.name)), key=order)
     return [(c, encoder.get_layer(c.name.replace("conv", "bn"))) for c in convs]
 
 
@@ -54,9 +56,9 @@ def load(encoder: keras.Model, path: str, reader, prefix: str) -> None:
     found = sum(1 for k in keys if k.startswith(prefix) and _TF1_CONV_KEY.fullmatch(k[len(prefix):]))
     if found != len(pairs):
         raise CheckpointError(
-            f"--checkpoint={path}: SimCLR checkpoint with {found} convolutions under {prefix!r}; this encoder "
-            f"has {len(pairs)} (--resnet_depth/--width_multiplier must match; selective-kernel models, "
-            f"`_sk1`, are not supported)")
+            f"--checkpoint={path}: SimCLR checkpoint with {found} convolutions under {prefix!r}; "
+            f"this encoder has {len(pairs)} (--resnet_depth/--width_multiplier must match; "
+            f"selective-kernel models, `_sk1`, are not supported)")
     sources = []
     for k, (conv, bn) in enumerate(pairs):
         suffix = f"_{k}" if k else ""
@@ -74,7 +76,7 @@ def load_head(head: keras.Model, path: str, reader, prefix: str) -> bool:
     found = sum(1 for k in keys if re.fullmatch(re.escape(scope) + r"nl_\d+/dense/kernel", k))
     if not found:
         return False
-    layers = sum(1 for l in head.layers if isinstance(l, keras.layers.Dense))
+    layers = sum(1 for layer in head.layers if isinstance(layer, keras.layers.Dense))
     if found != layers:
         raise CheckpointError(
             f"--checkpoint={path}: its projection head has {found} layers, this one {layers} "
@@ -82,7 +84,8 @@ def load_head(head: keras.Model, path: str, reader, prefix: str) -> bool:
     sources = []
     for j in range(layers):
         sources.append((head.get_layer(f"dense{j}").kernel, f"{scope}nl_{j}/dense/kernel"))
-        sources += [(w, f"{scope}nl_{j}/batch_normalization/{w.name}") for w in head.get_layer(f"bn{j}").weights]
+        bn_weights = head.get_layer(f"bn{j}").weights
+        sources += [(w, f"{scope}nl_{j}/batch_normalization/{w.name}") for w in bn_weights]
     _assign_all(sources, reader, path, "--proj_out_dim must match the checkpoint, or --nocheckpoint_head")
     return True
 

@@ -129,14 +129,16 @@ def test_gaussian_blur_matches_scipy_with_reflected_borders(sigma):
     weights /= weights.sum()
     expected = scipy.ndimage.correlate1d(image, weights, axis=0, mode="mirror")
     expected = scipy.ndimage.correlate1d(expected, weights, axis=1, mode="mirror")
-    np.testing.assert_allclose(augment.gaussian_blur(tf.constant(image), sigma, 4).numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(augment.gaussian_blur(tf.constant(image), sigma, 4).numpy(), expected,
+                               atol=1e-5)
 
 
 def test_rotation_turns_about_the_centre_and_fills_corners_with_zero():
     image = np.random.default_rng(0).uniform(size=(9, 9, 3)).astype(np.float32)
     np.testing.assert_allclose(augment.rotate(tf.constant(image), 0.0).numpy(), image, atol=1e-6)
     quarter = augment.rotate(tf.constant(image), np.pi / 2).numpy()
-    assert np.allclose(quarter, np.rot90(image, 1), atol=1e-5) or np.allclose(quarter, np.rot90(image, -1), atol=1e-5)
+    assert (np.allclose(quarter, np.rot90(image, 1), atol=1e-5)
+            or np.allclose(quarter, np.rot90(image, -1), atol=1e-5))
     diagonal = augment.rotate(tf.ones([9, 9, 3]), np.pi / 4).numpy()
     assert diagonal[0, 0].max() == 0.0 and diagonal[4, 4].min() == pytest.approx(1.0)
 
@@ -148,8 +150,8 @@ def test_colour_jitter_parameters_and_their_effects():
     # u = 0.5 for the four strengths is the middle of each range: the identity.
     centre = tf.constant([0.5, 0.5, 0.5, 0.5, 0.1, 0.2, 0.3, 0.4])
     np.testing.assert_allclose(augment.color_jitter(image, 1.0, centre).numpy(), image.numpy(), atol=1e-6)
-    np.testing.assert_allclose(augment.color_jitter(image, 0.0, tf.random.uniform([8])).numpy(), image.numpy(),
-                               atol=1e-6)
+    np.testing.assert_allclose(augment.color_jitter(image, 0.0, tf.random.uniform([8])).numpy(),
+                               image.numpy(), atol=1e-6)
     # Saturation at its floor (1 − 0.8) blends 80% of the way to gray.
     desaturated = augment.color_jitter(image, 1.0, tf.constant([0.5, 0.5, 0.0, 0.5, 0.1, 0.2, 0.3, 0.4]))
     np.testing.assert_allclose(desaturated.numpy(), 0.2 * image.numpy() + 0.8 * gray, atol=1e-5)
@@ -199,8 +201,10 @@ def test_same_seed_same_views_other_seed_other_views(preset):
 
 def test_simclr_grays_about_a_fifth_of_the_views():
     jpeg = tf.io.encode_jpeg(_colourful())
-    views = np.concatenate([augment.augment_views(jpeg, "simclr", 16, _seed(i), 20).numpy() for i in range(10)])
-    gray = np.mean([np.allclose(v[..., 0], v[..., 1], atol=1e-6) and np.allclose(v[..., 1], v[..., 2], atol=1e-6)
+    views = np.concatenate([augment.augment_views(jpeg, "simclr", 16, _seed(i), 20).numpy()
+                            for i in range(10)])
+    gray = np.mean([np.allclose(v[..., 0], v[..., 1], atol=1e-6)
+                    and np.allclose(v[..., 1], v[..., 2], atol=1e-6)
                     for v in views])
     assert 0.1 < gray < 0.3
 

@@ -14,8 +14,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from simclr_med.data import datasets
-from tests.fixtures import layouts
 from simclr_med.errors import DataError
+from tests.fixtures import layouts
 from tfds_builders import common
 from tfds_builders.__main__ import main as cli_main
 from tfds_builders.chexpert_v1.chexpert_v1_dataset_builder import SPLIT_IMAGES
@@ -32,7 +32,8 @@ def build(name, manual, data_dir):
 
 def examples(builder):
     """split → list of numpy examples."""
-    return {s: list(tfds.as_numpy(builder.as_dataset(split=s, shuffle_files=False))) for s in builder.info.splits}
+    return {s: list(tfds.as_numpy(builder.as_dataset(split=s, shuffle_files=False)))
+            for s in builder.info.splits}
 
 
 def read_rows(path):
@@ -93,7 +94,8 @@ def test_split_helpers_keep_fractions_and_strata():
     strata = {f"c{i}": i % 4 for i in range(200)}
     split = common.split_groups(sizes, {"train": 0.7, "validation": 0.1, "test": 0.2}, 0, strata)
     counts = {s: sum(v == s for v in split.values()) for s in ("train", "validation", "test")}
-    assert abs(counts["train"] - 140) <= 1 and abs(counts["validation"] - 20) <= 1 and abs(counts["test"] - 40) <= 1
+    assert (abs(counts["train"] - 140) <= 1 and abs(counts["validation"] - 20) <= 1
+            and abs(counts["test"] - 40) <= 1)
     for k in range(4):  # every stratum spread in proportion
         n = sum(1 for c, s in split.items() if strata[c] == k and s == "test")
         assert 8 <= n <= 12
@@ -106,7 +108,8 @@ def test_split_helpers_keep_fractions_and_strata():
 
 
 def _scin_expected(manual):
-    labels = {r["case_id"]: r["weighted_skin_condition_label"] for r in read_rows(manual / "dataset/scin_labels.csv")}
+    labels = {r["case_id"]: r["weighted_skin_condition_label"]
+              for r in read_rows(manual / "dataset/scin_labels.csv")}
     by_lower = {c.lower(): c for c in DERM_CONDITIONS}
     expected = {}
     for r in read_rows(manual / "dataset/scin_cases.csv"):
@@ -140,7 +143,8 @@ def test_scin_label_list_is_configurable(tmp_path):
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
     got = {ex["case_id"].decode(): builder.info.features["label"].names[ex["label"]]
            for exs in examples(builder).values() for ex in exs}
-    assert got == {c: ("Eczema" if label == "Eczema" else "Other") for c, (label, _) in _scin_expected(manual).items()}
+    assert got == {c: ("Eczema" if label == "Eczema" else "Other")
+                   for c, (label, _) in _scin_expected(manual).items()}
 
 
 def test_ham10000_groups_images_by_lesion(tmp_path):
@@ -199,15 +203,16 @@ def test_chexpert_examples_match_csv(chexpert, with_root):
 
 
 def test_chexpert_layouts_give_the_same_split(chexpert, tmp_path):
-    splits = [{ex["image_id"]: s for s, exs in examples(chexpert[w][1]).items() for ex in exs} for w in (True, False)]
+    splits = [{ex["image_id"]: s for s, exs in examples(chexpert[w][1]).items() for ex in exs}
+              for w in (True, False)]
     assert splits[0] == splits[1]
     # A re-packaged CSV whose Path lacks the root folder finds the images beside it.
     manual = shutil.copytree(chexpert[True][0], tmp_path / "m")
     for name in ("train.csv", "valid.csv"):
         layouts.rewrite_csv(manual / "CheXpert-v1.0-small" / name,
                              lambda rs: [rs[0]] + [[r[0].split("/", 1)[1]] + r[1:] for r in rs[1:]])
-    rootless = {ex["image_id"].decode(): s for s, exs in examples(build("chexpert_v1", manual, tmp_path / "t")).items()
-                for ex in exs}
+    rootless = {ex["image_id"].decode(): s
+                for s, exs in examples(build("chexpert_v1", manual, tmp_path / "t")).items() for ex in exs}
     assert rootless == {k.decode().split("/", 1)[1]: s for k, s in splits[0].items()}
 
 
@@ -249,15 +254,20 @@ def test_nih_examples_match_csv_and_lists(tmp_path, split_dirs, old_csv):
 
 def test_command_line_builds_what_load_reuses(tmp_path, capsys):
     manual = layouts.write_generic_cases(tmp_path / "m")
-    repo = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-m", "tfds_builders", "derm_cases/generic", "--manual_dir", str(manual),
-                           "--data_dir", str(tmp_path / "t")], cwd=repo, capture_output=True, text=True)
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "tfds_builders", "derm_cases/generic",
+                           "--manual_dir", str(manual), "--data_dir", str(tmp_path / "t")],
+                          cwd=repo, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "derm_cases/generic ready in" in done.stdout
     assert datasets.load("derm_cases/generic", "train", data_dir=tmp_path / "t")[1].num_examples > 0
     assert cli_main(["chexpert_v1", "--manual_dir", str(manual), "--data_dir", str(tmp_path / "t")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: CheXpert train.csv not found") and err.count("\n") == 1
+    assert cli_main(["demo", "--data_dir", str(tmp_path / "d")]) == 1  # run.py writes the demo, not this
+    err = capsys.readouterr().err
+    assert err.startswith("error: demo needs no download") and err.count("\n") == 1
+    assert not (tmp_path / "d").exists()
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -296,10 +306,13 @@ def test_reordered_and_wrong_headers(tmp_path):
     assert "train.csv row 1: columns are reordered" in msg
     nih = layouts.write_nih(tmp_path / "nih")
     layouts.rewrite_csv(nih / "Data_Entry_2017_v2020.csv", lambda rs: [r[:7] for r in rs])
-    assert "Data_Entry_2017_v2020.csv row 1: unexpected header" in build_error("nih_chestxray14", nih, tmp_path / "t")
+    assert "Data_Entry_2017_v2020.csv row 1: unexpected header" in build_error(
+        "nih_chestxray14", nih, tmp_path / "t")
     generic = layouts.write_generic_cases(tmp_path / "g")
-    layouts.rewrite_csv(generic / "cases.csv", lambda rs: [["case_id", "image_path", "lable", *rs[0][3:]]] + rs[1:])
-    assert "cases.csv row 1: missing column(s) label" in build_error("derm_cases/generic", generic, tmp_path / "t")
+    layouts.rewrite_csv(generic / "cases.csv",
+                        lambda rs: [["case_id", "image_path", "lable", *rs[0][3:]]] + rs[1:])
+    assert "cases.csv row 1: missing column(s) label" in build_error(
+        "derm_cases/generic", generic, tmp_path / "t")
 
 
 def test_missing_image_names_the_row(tmp_path):
@@ -329,7 +342,8 @@ def test_corrupt_image_in_a_bag_is_skipped_and_reported(tmp_path):
     builder = build("derm_cases/generic", manual, tmp_path / "t")
     [skipped] = builder.info.metadata["skipped_images"]
     assert f"cases.csv row {row}" in skipped and r["image_path"] in skipped
-    case = next(ex for exs in examples(builder).values() for ex in exs if ex["case_id"].decode() == r["case_id"])
+    case = next(ex for exs in examples(builder).values() for ex in exs
+                if ex["case_id"].decode() == r["case_id"])
     assert r["image_path"].encode() not in list(case["image_ids"])
     assert len(case["images"]) == _images_of(read_rows(manual / "cases.csv"), r["case_id"]) - 1
 
@@ -342,8 +356,10 @@ def test_phone_camera_jpeg_with_extra_frames_is_kept(tmp_path):
     first.save(manual / r["image_path"], "MPO", save_all=True, append_images=[preview])
     builder = build("derm_cases/generic", manual, tmp_path / "t")
     assert builder.info.metadata["skipped_images"] == []
-    case = next(ex for exs in examples(builder).values() for ex in exs if ex["case_id"].decode() == r["case_id"])
-    image = tf.io.decode_image(case["images"][list(case["image_ids"]).index(r["image_path"].encode())]).numpy()
+    case = next(ex for exs in examples(builder).values() for ex in exs
+                if ex["case_id"].decode() == r["case_id"])
+    index = list(case["image_ids"]).index(r["image_path"].encode())
+    image = tf.io.decode_image(case["images"][index]).numpy()
     assert image.shape == (24, 32, 3) and abs(float(image.mean()) - 200) < 2
 
 
@@ -362,9 +378,11 @@ def test_empty_image_in_chexpert_fails(tmp_path):
 def test_bad_values_name_file_and_row(tmp_path):
     ham = layouts.write_ham10000(tmp_path / "ham")
     lesion = read_rows(ham / "HAM10000_metadata.csv")[1]["lesion_id"]  # all its rows: an unknown dx
-    layouts.rewrite_csv(ham / "HAM10000_metadata.csv", lambda rs: [r[:2] + ["xyz"] + r[3:] if r[0] == lesion else r for r in rs])
+    layouts.rewrite_csv(ham / "HAM10000_metadata.csv",
+                        lambda rs: [r[:2] + ["xyz"] + r[3:] if r[0] == lesion else r for r in rs])
     msg = build_error("derm_cases/ham10000", ham, tmp_path / "t")
-    first = next(i for i, r in enumerate(read_rows(ham / "HAM10000_metadata.csv"), 2) if r["lesion_id"] == lesion)
+    first = next(i for i, r in enumerate(read_rows(ham / "HAM10000_metadata.csv"), 2)
+                 if r["lesion_id"] == lesion)
     assert f"HAM10000_metadata.csv row {first}: unknown label 'xyz'" in msg
 
     cx = layouts.write_chexpert(tmp_path / "cx")

@@ -8,10 +8,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from simclr_med.data import datasets
-from simclr_med.data import demo
-from tests.fixtures import layouts
+from simclr_med.data import datasets, demo
 from simclr_med.errors import DataError
+from tests.fixtures import layouts
 from tfds_builders.cxr_labels import CHEXPERT_LABELS, CHEXPERT_TASKS, NIH_FOR_CHEXPERT, NIH_LABELS, POLICIES
 
 BUILT = ("derm_cases/generic", "chexpert_v1", "nih_chestxray14")
@@ -97,7 +96,8 @@ def test_chexpert_policy_applied_at_load_time(built, policy):
         rows = {r["Path"]: r for r in csv.DictReader(f)}
     seen_uncertain = False
     for split in ("train", "validation", "test"):
-        for ex in elements(datasets.load("chexpert_v1", split, data_dir=data_dir, uncertainty_policy=policy)[0]):
+        ds = datasets.load("chexpert_v1", split, data_dir=data_dir, uncertainty_policy=policy)[0]
+        for ex in elements(ds):
             row = rows[ex["image_ids"][0].decode()]
             for k, task in enumerate(CHEXPERT_TASKS):
                 value = row[task]
@@ -118,7 +118,8 @@ def test_select_cases_is_stratified_by_case_and_deterministic():
     keep = datasets.select_cases(cases, labels, None, 0.3, 0, ["a", "b", "c", "d"])
     for k, n in sizes.items():
         assert abs(keep[labels == k].sum() - 0.3 * n) <= 1
-    np.testing.assert_array_equal(keep, datasets.select_cases(cases, labels, None, 0.3, 0, ["a", "b", "c", "d"]))
+    np.testing.assert_array_equal(keep,
+                                  datasets.select_cases(cases, labels, None, 0.3, 0, ["a", "b", "c", "d"]))
     assert not np.array_equal(keep, datasets.select_cases(cases, labels, None, 0.3, 1, ["a", "b", "c", "d"]))
     # several examples per case (CheXpert: images of a patient) are kept or dropped together
     patients = np.repeat([f"p{i}" for i in range(50)], 3)
@@ -131,19 +132,22 @@ def test_select_cases_is_stratified_by_case_and_deterministic():
 
 def test_label_fraction_keeps_whole_cases(built):
     data_dir, _ = built
-    full = {ex["case_id"]: ex for ex in elements(datasets.load("derm_cases/generic", "train", data_dir=data_dir)[0])}
+    full = {ex["case_id"]: ex
+            for ex in elements(datasets.load("derm_cases/generic", "train", data_dir=data_dir)[0])}
     ds, meta = datasets.load("derm_cases/generic", "train", data_dir=data_dir, label_fraction=0.5, seed=3)
     part = elements(ds)
     assert len(part) == meta.num_examples and abs(meta.num_examples - len(full) / 2) <= 1
     assert meta.num_images == sum(len(ex["images"]) for ex in part)
     for ex in part:
         assert list(ex["image_ids"]) == list(full[ex["case_id"]]["image_ids"])
-    again = elements(datasets.load("derm_cases/generic", "train", data_dir=data_dir, label_fraction=0.5, seed=3)[0])
+    again = elements(datasets.load("derm_cases/generic", "train", data_dir=data_dir, label_fraction=0.5,
+                                   seed=3)[0])
     assert [ex["case_id"] for ex in again] == [ex["case_id"] for ex in part]
     with pytest.raises(DataError, match="label_fraction=0.05 leaves class"):
         datasets.load("derm_cases/generic", "train", data_dir=data_dir, label_fraction=0.05)
 
-    cx_full = elements(datasets.load("chexpert_v1", "train", data_dir=data_dir, uncertainty_policy="u_ones")[0])
+    cx_full = elements(datasets.load("chexpert_v1", "train", data_dir=data_dir,
+                                     uncertainty_policy="u_ones")[0])
     cx, cx_meta = datasets.load("chexpert_v1", "train", data_dir=data_dir, uncertainty_policy="u_ones",
                                 label_fraction=0.7)
     kept = {ex["case_id"] for ex in elements(cx)}

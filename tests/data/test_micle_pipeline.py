@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_med.data import micle_pairs
-from simclr_med.data import pipelines
+from simclr_med.data import micle_pairs, pipelines
 
 
 def _bag_dataset(sizes, px=24):
@@ -14,7 +13,8 @@ def _bag_dataset(sizes, px=24):
     rng = np.random.default_rng(0)
     cases = []
     for c, n in enumerate(sizes):
-        imgs = [tf.io.encode_png(rng.integers(0, 255, (px, px + k, 3), dtype=np.uint8)).numpy() for k in range(n)]
+        imgs = [tf.io.encode_png(rng.integers(0, 255, (px, px + k, 3), dtype=np.uint8)).numpy()
+                for k in range(n)]
         cases.append({"images": imgs, "image_ids": [f"c{c}/{k}".encode() for k in range(n)],
                       "case_id": f"c{c}".encode(), "label": c % 2})
 
@@ -33,7 +33,8 @@ def _pairs(ds, method, batches, batch_size=4, seed=0):
     out = []
     for _ in range(batches):
         b = next(it)
-        out += list(zip(b["id1"].numpy().astype(str), b["id2"].numpy().astype(str), b["view1"].numpy(), b["view2"].numpy()))
+        out += list(zip(b["id1"].numpy().astype(str), b["id2"].numpy().astype(str), b["view1"].numpy(),
+                        b["view2"].numpy()))
     return out
 
 

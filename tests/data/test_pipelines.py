@@ -38,7 +38,8 @@ def cases(sizes, multi_label=False, seed=0):
                "image_ids": [f"c{c}/{k}".encode() for k in range(n)],
                "case_id": f"c{c}".encode(), "metadata": {"sex": b"F" if c % 2 else b"M"}}
         if multi_label:
-            row.update(labels=np.array([c % 2, 1, 0], np.float32), label_mask=np.array([1, 1, c % 3 > 0], np.float32))
+            row.update(labels=np.array([c % 2, 1, 0], np.float32),
+                       label_mask=np.array([1, 1, c % 3 > 0], np.float32))
         else:
             row["label"] = np.int64(c % 3)
         rows.append(row)
@@ -68,8 +69,8 @@ def ids(batch, key):
 
 @pytest.mark.parametrize("method", ["simclr", "micle"])
 def test_views_have_the_contract_shapes_and_range_for_every_image_format(method):
-    [batch] = take(pipelines.pretrain_dataset(cases([1, 2, 3, 4, 5]), method=method, batch_size=6, image_size=SIZE,
-                                              augmentation="simclr", with_ids=True), 1)
+    [batch] = take(pipelines.pretrain_dataset(cases([1, 2, 3, 4, 5]), method=method, batch_size=6,
+                                              image_size=SIZE, augmentation="simclr", with_ids=True), 1)
     assert set(batch) == {"view1", "view2", "id1", "id2"}
     for key in ("view1", "view2"):
         assert batch[key].shape == (6, SIZE, SIZE, 3) and batch[key].dtype == np.float32
@@ -77,7 +78,8 @@ def test_views_have_the_contract_shapes_and_range_for_every_image_format(method)
 
 
 def test_without_ids_there_are_no_strings():
-    ds = pipelines.pretrain_dataset(cases([2]), method="micle", batch_size=2, image_size=SIZE, augmentation="crop_only")
+    ds = pipelines.pretrain_dataset(cases([2]), method="micle", batch_size=2, image_size=SIZE,
+                                    augmentation="crop_only")
     assert set(ds.element_spec) == {"view1", "view2"}
 
 
@@ -109,7 +111,8 @@ def test_micle_pairs_are_distinct_images_of_one_case_and_renewed_every_epoch():
     assert all(a == b == "c1/0" for a, b in pairs if a.startswith("c1/"))
     assert len(set(big)) > 15  # ~40 epochs of the 6-image case: 30 possible ordered pairs, drawn anew
     assert {i for p in big for i in p} == {f"c0/{k}" for k in range(6)}
-    single = [(v1, v2) for b in batches for v1, v2, a in zip(b["view1"], b["view2"], ids(b, "id1")) if a == "c1/0"]
+    single = [(v1, v2) for b in batches
+              for v1, v2, a in zip(b["view1"], b["view2"], ids(b, "id1")) if a == "c1/0"]
     assert single and not any(np.allclose(v1, v2) for v1, v2 in single)
 
 
@@ -164,10 +167,12 @@ def test_a_resumed_run_draws_another_stream(method):
 def test_missing_fields_are_a_clear_error():
     decoded = tf.data.Dataset.from_tensors({"images": tf.zeros([1, 8, 8, 3], tf.uint8), "image_ids": [b"a"]})
     with pytest.raises(ValueError, match="'images' is uint8 of shape .*expected a 1-D string tensor"):
-        pipelines.pretrain_dataset(decoded, method="micle", batch_size=2, image_size=SIZE, augmentation="simclr")
+        pipelines.pretrain_dataset(decoded, method="micle", batch_size=2, image_size=SIZE,
+                                   augmentation="simclr")
     images_only = tf.data.Dataset.from_tensors({"images": tf.constant([b"x"])})
     with pytest.raises(ValueError, match="lack image_ids"):
-        pipelines.pretrain_dataset(images_only, method="simclr", batch_size=2, image_size=SIZE, augmentation="simclr")
+        pipelines.pretrain_dataset(images_only, method="simclr", batch_size=2, image_size=SIZE,
+                                   augmentation="simclr")
     with pytest.raises(ValueError, match="lack case_id, label"):
         pipelines.supervised_dataset(images_only, meta(), batch_size=2, image_size=SIZE, augmentation="none",
                                      training=True)
@@ -177,7 +182,8 @@ def test_missing_fields_are_a_clear_error():
 
 def test_training_batches_carry_each_images_case_label():
     batches = take(pipelines.supervised_dataset(cases([1, 2, 3, 4]), meta(), batch_size=5, image_size=SIZE,
-                                                augmentation="chexpert_finetune", training=True, with_ids=True), 6)
+                                                augmentation="chexpert_finetune", training=True,
+                                                with_ids=True), 6)
     for b in batches:
         assert b["image"].shape == (5, SIZE, SIZE, 3) and b["label"].dtype == np.int64
         assert [int(c[1:]) % 3 for c in ids(b, "case_id")] == list(b["label"])
@@ -201,7 +207,8 @@ def test_evaluation_is_one_ordered_pass_over_every_image_with_its_case_and_metad
     assert [len(b["image"]) for b in batches] == [4, 2]  # the remainder is kept
     case_ids = [c for b in batches for c in b["case_id"].numpy().astype(str)]
     assert case_ids == [f"c{c}" for c, n in enumerate(sizes) for _ in range(n)]
-    assert [s for b in batches for s in b["metadata"]["sex"].numpy().astype(str)] == ["M"] * 3 + ["F"] + ["M"] * 2
+    sexes = [s for b in batches for s in b["metadata"]["sex"].numpy().astype(str)]
+    assert sexes == ["M"] * 3 + ["F"] + ["M"] * 2
     assert [int(x) for b in batches for x in b["label"].numpy()] == [0, 0, 0, 1, 2, 2]
     for a, b in zip(batches, run("simclr")):  # evaluation never augments
         np.testing.assert_array_equal(a["image"].numpy(), b["image"].numpy())

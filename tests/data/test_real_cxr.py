@@ -1,27 +1,30 @@
 """`derm_cases/generic` on real chest X-rays: patients as cases, several real images per case.
 
-Uses ../shared/data/covid_cxr_sample (RGB, RGBA and grayscale; JPEG and PNG; many sizes): the
-generic layout is written over symlinks to those images, as a user would for their own data.
+Uses ../shared/data/covid_cxr_sample beside the repo (RGB, RGBA and grayscale; JPEG and PNG; many sizes):
+the generic layout is written over symlinks to those images, as a user would for their own data.
 """
 import io
+from pathlib import Path
 
 import pytest
 import tensorflow as tf
 from PIL import Image
 
 from simclr_med.data import datasets
-from tests.fixtures.real_cxr import DEFAULT_SAMPLE as SAMPLE, patient_cases, write_manual
 from simclr_med.errors import DataError
+from tests.fixtures.real_cxr import patient_cases, write_manual
+
+SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "covid_cxr_sample"
 
 pytestmark = pytest.mark.skipif(not (SAMPLE / "metadata.csv").is_file(),
-                                reason=f"real chest X-ray sample not found at {SAMPLE}")
+                                reason=f"real chest X-ray sample not found: no {SAMPLE / 'metadata.csv'}")
 
 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
     root = tmp_path_factory.mktemp("real_cxr")
-    cases, _ = patient_cases()
-    write_manual(root / "manual", cases)
+    cases, _ = patient_cases(SAMPLE)
+    write_manual(root / "manual", cases, SAMPLE)
     return cases, datasets.builder_for("derm_cases/generic", root / "tfds", root / "manual"), root / "tfds"
 
 
@@ -62,10 +65,10 @@ def test_real_label_fraction_keeps_whole_patients(real):
 def test_upstream_duplicates_are_refused(tmp_path):
     """The sample lists a few files under two patient ids; used as is, that would leak images
     across splits, so the builder names the row instead."""
-    _, rows = patient_cases()
+    _, rows = patient_cases(SAMPLE)
     cases = {}
     for r in rows:
         cases.setdefault(r["patientid"], ("x", [], r))[1].append(r["filename"])
-    write_manual(tmp_path / "manual", cases)
+    write_manual(tmp_path / "manual", cases, SAMPLE)
     with pytest.raises(DataError, match=r"cases.csv row \d+: image 'images/.*' is also used by case"):
         datasets.builder_for("derm_cases/generic", tmp_path / "tfds", tmp_path / "manual")

@@ -6,14 +6,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import pytest
 
-from simclr_med.train import checkpoints
-from simclr_med.evaluation import embeddings
 from simclr_med import experiment
-from simclr_med.evaluation import linear_protocol
-from simclr_med.models import resnet
 from simclr_med.config import Config
-from simclr_med.methods.dvme import build_dvme
 from simclr_med.errors import CheckpointError
+from simclr_med.evaluation import embeddings, linear_protocol
+from simclr_med.methods.dvme import build_dvme
+from simclr_med.models import resnet
+from simclr_med.train import checkpoints
 
 NUM_TEST_CASES, NUM_VALIDATION_CASES = 40, 20  # demo: 200 cases, 20% test, 10% validation
 
@@ -102,7 +101,8 @@ def test_bad_sources_give_one_line_errors(trained, tmp_path, capsys):
 
 
 def test_saved_model_source_never_holds_more_than_a_batch(monkeypatch):
-    """Images of many sizes (CheXpert's widths vary) are served before the split ends: a batch waits at most."""
+    """Images of many sizes (CheXpert's widths vary) are served before the split ends: a batch waits at
+    most."""
     import tensorflow as tf
 
     sizes, batch_size = [(8, 8), (8, 12), (8, 16)], 4
@@ -115,8 +115,10 @@ def test_saved_model_source_never_holds_more_than_a_batch(monkeypatch):
         calls.append(images[:, 0, 0, 0].numpy().tolist())
         return {"embedding": tf.cast(images[:, :1, 0, 0], tf.float32)}
 
-    monkeypatch.setattr(tf.saved_model, "load", lambda path: type("M", (), {"signatures": {"serving_default": serve}}))
-    parts = embeddings._saved_model_rows(embeddings.Source("saved_model", "x", None, None, None), rows, batch_size)
+    monkeypatch.setattr(tf.saved_model, "load",
+                        lambda path: type("M", (), {"signatures": {"serving_default": serve}}))
+    parts = embeddings._saved_model_rows(embeddings.Source("saved_model", "x", None, None, None), rows,
+                                         batch_size)
 
     assert [float(p["embeddings"][0, 0]) for p in parts] == list(range(12))  # every row, in order
     served = 0

@@ -138,7 +138,7 @@ def test_cli_writes_json(tmp_path, capsys):
 
 
 def test_module_is_runnable():
-    repo = str(Path(__file__).resolve().parents[1])
+    repo = str(Path(__file__).resolve().parents[2])
     done = subprocess.run([sys.executable, "-m", "simclr_med.evaluation.linear_protocol", "--help"],
                           capture_output=True, text=True, cwd=repo, env={**os.environ, "PYTHONPATH": repo})
     assert done.returncode == 0 and "--embeddings" in done.stdout

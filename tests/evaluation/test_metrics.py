@@ -2,17 +2,18 @@
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import (cohen_kappa_score, recall_score, roc_auc_score,
-                             top_k_accuracy_score)
+from sklearn.metrics import cohen_kappa_score, recall_score, roc_auc_score, top_k_accuracy_score
 
-from simclr_med.evaluation import metrics
 from simclr_med.errors import DataError
+from simclr_med.evaluation import metrics
+from tests.fixtures.predictions import make_pred
 
 CLASSES = ["Acne", "Eczema", "Melanoma", "Psoriasis", "Tinea", "Other"]
 CXR = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion", "Pneumonia"]
+NUM_CLASSES, NUM_CXR = len(CLASSES), len(CXR)
 
 
-def random_multiclass(seed, n=300, num_classes=len(CLASSES), absent=()):
+def random_multiclass(seed, n=300, num_classes=NUM_CLASSES, absent=()):
     rng = np.random.default_rng(seed)
     present = [c for c in range(num_classes) if c not in absent]
     labels = rng.choice(present, n)
@@ -22,7 +23,7 @@ def random_multiclass(seed, n=300, num_classes=len(CLASSES), absent=()):
     return probs, labels
 
 
-def random_multilabel(seed, n=400, k=len(CXR)):
+def random_multilabel(seed, n=400, k=NUM_CXR):
     rng = np.random.default_rng(seed)
     labels = (rng.random((n, k)) < 0.3).astype(np.float32)
     mask = (rng.random((n, k)) < 0.8).astype(np.float32)
@@ -173,14 +174,21 @@ def test_average_by_case_matches_groupby():
     probs = rng.random((6, 4))
     case_label = {"c1": 0, "c2": 3, "c3": 1}
     labels = np.array([case_label[c] for c in case_ids])
-    out = metrics.average_by_case(probs, case_ids, labels)
+    out = metrics.average_by_case({"probs": probs, "case_ids": case_ids, "labels": labels})
     expected = pd.DataFrame(probs).groupby(case_ids, sort=False).mean()
     assert list(out["case_ids"]) == ["c3", "c1", "c2"]
     np.testing.assert_allclose(out["probs"], expected.to_numpy())
     assert list(out["labels"]) == [1, 0, 3]
     labels[4] = 2
     with pytest.raises(ValueError, match="'c1'.*row 4"):
-        metrics.average_by_case(probs, case_ids, labels)
+        metrics.average_by_case({"probs": probs, "case_ids": case_ids, "labels": labels})
+
+
+def test_by_case_averages_images():
+    pred = make_pred(300, images_per_case=3)
+    collapsed = metrics.average_by_case(pred)
+    assert len(collapsed["probs"]) == 100 and len(collapsed["meta_sex"]) == 100
+    np.testing.assert_allclose(collapsed["probs"][0], pred["probs"][:3].mean(0), rtol=1e-6)
 
 
 def test_load_predictions_roundtrip_and_errors(tmp_path):

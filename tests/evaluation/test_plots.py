@@ -62,8 +62,9 @@ def test_label_efficiency_groups_real_run_results_by_their_init(tmp_path):
                 run = tmp_path / f"ft_{bool(init)}_{fraction}_{seed}"
                 run.mkdir()
                 (run / "result.json").write_text(json.dumps({
-                    "top1_accuracy": 0.5 + fraction / 10 + seed / 100, "label_fraction": fraction, "seed": seed,
-                    "checkpoint": f"{run}/ckpt-200", "init_checkpoint": init, "global_step": 200}))
+                    "top1_accuracy": 0.5 + fraction / 10 + seed / 100, "label_fraction": fraction,
+                    "seed": seed, "checkpoint": f"{run}/ckpt-200", "init_checkpoint": init,
+                    "global_step": 200}))
                 paths.append(str(run / "result.json"))
     data = plots.label_efficiency_data(plots.load_results(paths), "top1_accuracy")
     assert set(data) == {"random init", "runs/micle"}

@@ -8,8 +8,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 
 from simclr_med import experiment
-from tests.fixtures import layouts
 from simclr_med.config import Config
+from tests.fixtures import layouts
 from tfds_builders.cxr_labels import CHEXPERT_TASKS
 
 
@@ -29,7 +29,8 @@ def test_chexpert_model_on_nih_scores_the_shared_pathologies_with_nihs_labels(tm
         assert json.load(f) == result
     assert result["dataset"] == "nih_chestxray14" and result["split"] == "test"
     # How the model was trained comes from its run, not from the eval invocation's flags (plots group by it).
-    assert (result["label_fraction"], result["train_mode"], result["init_checkpoint"]) == (0.5, "finetune", "")
+    assert (result["label_fraction"], result["train_mode"], result["init_checkpoint"]) == (
+        0.5, "finetune", "")
     with np.load(out / "predictions.npz") as pred:
         assert list(pred["class_names"]) == list(CHEXPERT_TASKS)  # the model's order, all five shared
         labels, mask, probs = pred["labels"], pred["label_mask"], pred["probs"]

@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from simclr_med.methods import sweep
 from simclr_med.config import Config
 from simclr_med.errors import ConfigError, DataError
+from simclr_med.methods import sweep
 
 
 def test_sweep_runs_grid_chooses_on_validation_and_resumes(tmp_path, monkeypatch):
@@ -33,7 +33,8 @@ def test_sweep_runs_grid_chooses_on_validation_and_resumes(tmp_path, monkeypatch
     assert calls == ["eval"] and again["best"] == summary["best"]
 
     # A rerun with other settings does not reuse the old points' scores.
-    with pytest.raises(ConfigError, match=r"lr1.00e-02_wd0.00e\+00 was run with other settings \(train_steps: 3 -> 5\)"):
+    with pytest.raises(ConfigError,
+                       match=r"lr1.00e-02_wd0.00e\+00 was run with other settings \(train_steps: 3 -> 5\)"):
         sweep.sweep(dataclasses.replace(cfg, train_steps=5), learning_rates=[0.01, 0.1], weight_decays=[0.0])
 
 

@@ -7,14 +7,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import pytest
 import tensorflow as tf
 
-from simclr_med.train import checkpoints
-from simclr_med.data import datasets
-from simclr_med import experiment
-from simclr_med.methods import transfer
+from simclr_med import config, experiment
 from simclr_med.config import Config
+from simclr_med.data import datasets
 from simclr_med.errors import CheckpointError, ConfigError
+from simclr_med.methods import transfer
+from simclr_med.train import checkpoints
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = dict(resnet_depth=18, image_size=32, augmentation="crop_only", train_batch_size=8, optimizer="sgd",
             learning_rate=0.05, learning_rate_scaling="none", warmup_epochs=0, eval_batch_size=64, verbose=0)
 DEMO_TRAIN_CASES = 140
@@ -39,7 +39,8 @@ def _spec(**changes):
 
 @pytest.mark.parametrize("changes, message", [
     ({"inits": {"random": ""}, "runs": 3}, r"unknown key\(s\) \['runs'\]"),
-    ({"tasks": {"demo": {"dataset": "demo", "learning_rte": 0.1}}}, r"task 'demo': 'learning_rte' is not a Config"),
+    ({"tasks": {"demo": {"dataset": "demo", "learning_rte": 0.1}}},
+     r"task 'demo': 'learning_rte' is not a Config"),
     ({"tasks": {"demo": {"train_steps": "many"}}}, r"train_steps='many' is not of type int"),
     ({"baseline": "imagenet"}, r"baseline 'imagenet' is not one of the inits"),
     ({"tasks": {"demo": {"seed": 3}}}, r"'seed' is set by the harness"),
@@ -66,17 +67,19 @@ def test_bad_cells_and_inits_fail_before_any_training(tmp_path, capsys):
 
 def test_shipped_recipes_parse(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # nested --flagfile paths are relative to the working directory
-    cfg = Config(**transfer.read_flagfile("flags/chexpert_continual.cfg"), model_dir="x").validate()
-    assert (cfg.train_mode, cfg.dataset, cfg.resnet_depth, cfg.image_size) == ("finetune", "chexpert_v1", 50, 224)
+    cfg = Config.from_flagfile("flags/chexpert_continual.cfg", model_dir="x").validate()
+    assert (cfg.train_mode, cfg.dataset, cfg.resnet_depth, cfg.image_size) == (
+        "finetune", "chexpert_v1", 50, 224)
     assert cfg.checkpoint  # continual: starts from ImageNet weights
     spec = transfer.load_spec("flags/demo_transfer.json")
-    cells = [transfer.cell_config(spec, "root", t, i, s) for t in spec.tasks for i in spec.inits for s in spec.seeds]
+    cells = [transfer.cell_config(spec, "root", t, i, s)
+             for t in spec.tasks for i in spec.inits for s in spec.seeds]
     assert len(cells) == len(spec.tasks) * len(spec.inits) * len(spec.seeds) > 1
     assert {c.checkpoint for c in cells} == {"", *(i["checkpoint"] for i in spec.inits.values())}
     bad = tmp_path / "bad.cfg"
     bad.write_text("# ok\n--image_size=32\nimage_size=64\n")
     with pytest.raises(ConfigError, match=r"bad.cfg:3: expected --name=value"):
-        transfer.read_flagfile(str(bad))
+        config.read_flagfile(str(bad))
 
 
 def test_harness_table_ttest_early_stopping_and_resume(tmp_path, monkeypatch):
@@ -90,7 +93,8 @@ def test_harness_table_ttest_early_stopping_and_resume(tmp_path, monkeypatch):
                  early_stopping={"validation_split": "validation", "eval_every": 3, "patience": 2})
     loaded = []
     real_load = checkpoints.load_encoder
-    monkeypatch.setattr(checkpoints, "load_encoder", lambda enc, path: loaded.append(path) or real_load(enc, path))
+    monkeypatch.setattr(checkpoints, "load_encoder",
+                        lambda enc, path: loaded.append(path) or real_load(enc, path))
 
     root = str(tmp_path / "bench")
     table = transfer.run(spec, root)
@@ -120,9 +124,11 @@ def test_harness_table_ttest_early_stopping_and_resume(tmp_path, monkeypatch):
         assert [s for s, _ in history] == [3, 6, 9][:len(history)]
         assert state["best_step"] == transfer.stopping_point(history, 2)["best_step"]
         assert state["best_value"] == max(v for _, v in history)
-        assert state["epochs_to_best"] == pytest.approx(state["best_step"] * 8 / train_images)  # steps go by image
+        # steps go by image
+        assert state["epochs_to_best"] == pytest.approx(state["best_step"] * 8 / train_images)
         assert result["global_step"] == state["best_step"]  # the test score is the best checkpoint's
-        kept = {int(p.rsplit("-", 1)[1]) for p in tf.train.get_checkpoint_state(cell).all_model_checkpoint_paths}
+        kept = {int(p.rsplit("-", 1)[1])
+                for p in tf.train.get_checkpoint_state(cell).all_model_checkpoint_paths}
         assert kept == {state["best_step"], state["stop_step"]}
         assert tf.train.latest_checkpoint(cell).endswith(f"ckpt-{state['stop_step']}")
 
@@ -160,7 +166,8 @@ def test_early_stopping_stops_training_and_resumes_with_its_history(tmp_path, mo
 
     monkeypatch.setattr(transfer._Validator, "score_checkpoint", from_checkpoint)
     monkeypatch.setattr(transfer._Validator, "score", falling_score)
-    spec = _spec(tasks={"demo": {"dataset": "demo", "train_steps": 20}}, seeds=1, data_dir=str(tmp_path / "tfds"),
+    spec = _spec(tasks={"demo": {"dataset": "demo", "train_steps": 20}}, seeds=1,
+                 data_dir=str(tmp_path / "tfds"),
                  early_stopping={"validation_split": "validation", "eval_every": 2, "patience": 2})
     root = str(tmp_path / "bench")
     assert transfer.cell_config(transfer.load_spec(spec), root, "demo", "random", 0).keep_checkpoint_max == 3

@@ -26,7 +26,8 @@ def _run(layer, x, training):
         y = layer(x, training=training)
         loss = tf.reduce_sum(y * tf.cos(y))
     grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
-    return [y.numpy()] + [g.numpy() for g in grads] + [layer.moving_mean.numpy(), layer.moving_variance.numpy()]
+    return ([y.numpy()] + [g.numpy() for g in grads]
+            + [layer.moving_mean.numpy(), layer.moving_variance.numpy()])
 
 
 @pytest.mark.parametrize("shape", [(4, 5, 6, 3), (16, 7)])
@@ -54,4 +55,5 @@ def test_mixed_bfloat16_keeps_dtype_and_float32_statistics():
 def test_synchronized_uses_the_keras_path():
     ref, fused = _pair((4, 3, 3, 2), synchronized=True)
     x = tf.random.normal([4, 3, 3, 2])
-    np.testing.assert_allclose(ref(x, training=True).numpy(), fused(x, training=True).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ref(x, training=True).numpy(), fused(x, training=True).numpy(),
+                               rtol=1e-5, atol=1e-5)

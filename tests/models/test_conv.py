@@ -1,4 +1,5 @@
-"""simclr_med.models.conv.Conv2D computes keras' Conv2D (in float64), in values and gradients, on every path."""
+"""simclr_med.models.conv.Conv2D computes keras' Conv2D (in float64), in values and gradients, on every
+path."""
 import keras
 import numpy as np
 import pytest
@@ -45,14 +46,16 @@ def test_matches_keras_conv2d(h, w, channels, kernel, stride, onednn, monkeypatc
     fast = conv.Conv2D(6, kernel, strides=stride, padding="same", use_bias=False)
     ref.build(x.shape), fast.build(x.shape)
     fast.kernel.assign(ref.kernel.numpy().astype(np.float32))
-    expected, got = _grads(ref, tf.constant(x), ref.kernel), _grads(fast, tf.constant(x, tf.float32), fast.kernel)
+    expected = _grads(ref, tf.constant(x), ref.kernel)
+    got = _grads(fast, tf.constant(x, tf.float32), fast.kernel)
     for a, b in zip(expected, got):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("fixed", [False, True], ids=["same", "fixed"])
 @pytest.mark.parametrize("h,w,kernel,stride", [
-    (4, 4, 3, 2), (8, 8, 3, 2), (7, 5, 5, 2), (2, 2, 3, 1), (1, 1, 3, 1), (8, 8, 1, 2),  # patches by a 0/1 matmul
+    # patches by a 0/1 matmul
+    (4, 4, 3, 2), (8, 8, 3, 2), (7, 5, 5, 2), (2, 2, 3, 1), (1, 1, 3, 1), (8, 8, 1, 2),
     (9, 9, 3, 2), (10, 12, 3, 2), (12, 10, 3, 1), (10, 9, 1, 2),  # by slices: more than SELECTION_MAX_PIXELS
     (6, 7, 1, 1),  # none needed
 ])
@@ -64,7 +67,8 @@ def test_gemm_conv_matches_tensorflow_on_both_patch_gatherings(h, w, kernel, str
     k = tf.Variable(rng.normal(size=(kernel, kernel, 3, 4)))
     if fixed:
         pads = (conv.fixed_padding(kernel),) * 2
-        expected = _grads(lambda x: tf.nn.conv2d(tf.pad(x, [[0, 0], *pads, [0, 0]]), k, stride, "VALID"), x, k)
+        expected = _grads(lambda x: tf.nn.conv2d(tf.pad(x, [[0, 0], *pads, [0, 0]]), k, stride, "VALID"),
+                          x, k)
     else:
         pads = None
         expected = _grads(lambda x: tf.nn.conv2d(x, k, stride, "SAME"), x, k)
@@ -97,10 +101,12 @@ def test_unknown_spatial_shape_falls_back_and_xla_compiles(stride, fixed):
     x = tf.random.normal([2, 6, 6, 2])
     dynamic = tf.function(layer, input_signature=[tf.TensorSpec([None, None, None, 2])])
     np.testing.assert_allclose(dynamic(x).numpy(), layer(x).numpy(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(tf.function(layer, jit_compile=True)(x).numpy(), layer(x).numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(tf.function(layer, jit_compile=True)(x).numpy(), layer(x).numpy(),
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_same_padding_matches_tensorflow():
     # (size, kernel, stride) -> TensorFlow's SAME padding: the extra pixel goes after.
-    expected = {(5, 3, 1): (1, 1), (4, 3, 2): (0, 1), (5, 3, 2): (1, 1), (64, 7, 2): (2, 3), (1, 3, 2): (1, 1), (4, 1, 2): (0, 0)}
+    expected = {(5, 3, 1): (1, 1), (4, 3, 2): (0, 1), (5, 3, 2): (1, 1), (64, 7, 2): (2, 3),
+                (1, 3, 2): (1, 1), (4, 1, 2): (0, 0)}
     assert {key: conv.same_padding(*key) for key in expected} == expected

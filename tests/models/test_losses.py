@@ -1,4 +1,5 @@
-"""NT-Xent against a direct NumPy transcription of Eq. (1) at the scale of SimCLR's code, and across replicas."""
+"""NT-Xent against a direct NumPy transcription of Eq. (1) at the scale of SimCLR's code, and across
+replicas."""
 import json
 import os
 import subprocess

@@ -15,8 +15,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from simclr_med.train import factory  # noqa: E402
 from simclr_med.config import Config  # noqa: E402
+from simclr_med.train import factory  # noqa: E402
 
 BATCH, SIZE = 4, 32
 # Relative tolerance on the first-step loss. float16 keeps 11 mantissa bits (observed: 0.07%);

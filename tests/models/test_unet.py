@@ -4,19 +4,20 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-import keras
+from simclr_med.data.segmentation import check_mask_classes, load_segmentation
 from simclr_med.errors import CheckpointError, DataError
-from tests.fixtures.segmentation import write_seg_fixture
-from simclr_med.models.resnet import build_resnet, stage_output_names
 from simclr_med.methods import segmentation
-from simclr_med.methods.segmentation import check_mask_classes, load_pretrained_encoder, load_segmentation, train_segmentation
+from simclr_med.methods.segmentation import load_pretrained_encoder, train_segmentation
+from simclr_med.models.resnet import build_resnet, stage_output_names
 from simclr_med.models.unet import Dice, DiceLoss, UNet, dice_coefficient, load_encoder_weights
+from tests.fixtures.segmentation import write_seg_fixture
 from tfds_builders.seg_masks import SegMasks, SegMasksError
 
 TINY = (16, 8, 8, 8, 8)  # decoder filters
@@ -52,7 +53,7 @@ def test_encoder_weights_copied_exactly():
     unet = UNet(18, decoder_filters=TINY)
     assert not all(np.array_equal(a, b) for a, b in zip(source.get_weights(), unet.encoder.get_weights()))
 
-    assert load_encoder_weights(unet, source) == sum(1 for l in source.layers if l.weights)
+    assert load_encoder_weights(unet, source) == sum(1 for layer in source.layers if layer.weights)
     for layer in source.layers:
         for a, b in zip(layer.get_weights(), unet.encoder.get_layer(layer.name).get_weights()):
             np.testing.assert_array_equal(a, b)
@@ -192,7 +193,8 @@ def test_builder_errors_name_the_file(tmp_path):
 
     write_seg_fixture(str(manual), num_images=4, size=32)
     Image.new("L", (20, 32)).save(manual / "masks" / "case002.png")
-    with pytest.raises(SegMasksError, match=r"case002\.png: mask is 20x32 but its image case002\.png is 48x32"):
+    with pytest.raises(SegMasksError,
+                       match=r"case002\.png: mask is 20x32 but its image case002\.png is 48x32"):
         _build(manual, tmp_path)
 
     write_seg_fixture(str(manual), num_images=4, size=32)
@@ -259,7 +261,8 @@ def test_masks_beyond_num_classes_name_the_file(tmp_path, capsys):
     _build(manual, tmp_path)
     data_dir = str(tmp_path / "data")
     for num_classes in (1, 2):  # binary would merge classes 1 and 2; 2 classes would drop class 2
-        with pytest.raises(DataError, match=r"masks/case002\.png holds class 2, but num_classes=.*--num_classes=3"):
+        with pytest.raises(DataError,
+                           match=r"masks/case002\.png holds class 2, but num_classes=.*--num_classes=3"):
             check_mask_classes(data_dir, num_classes)
     check_mask_classes(data_dir, 3)
     assert segmentation.main(["--manual_dir", str(manual), "--data_dir", data_dir, "--model_dir",

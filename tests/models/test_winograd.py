@@ -1,11 +1,11 @@
-"""Winograd 3×3 convolution = tf.nn.conv2d in float64, in values and both gradients; and when conv.py uses it."""
+"""Winograd 3×3 convolution = tf.nn.conv2d in float64, in values and both gradients; and when conv.py
+uses it."""
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_med.models import conv
-from simclr_med.models import winograd
+from simclr_med.models import conv, winograd
 
 
 def _conv_and_grads(fn, x, kernel, upstream):
@@ -22,8 +22,8 @@ def test_matches_direct_convolution(tile, h, w):
     rng = np.random.default_rng(h * 10 + w + tile)
     x, kernel = rng.normal(size=(2, h, w, 6)), rng.normal(size=(3, 3, 6, 5))
     upstream = rng.normal(size=(2, h, w, 5))
-    expected = _conv_and_grads(lambda a, k: tf.nn.conv2d(a, k, 1, "SAME"), tf.constant(x), tf.constant(kernel),
-                               tf.constant(upstream))
+    expected = _conv_and_grads(lambda a, k: tf.nn.conv2d(a, k, 1, "SAME"), tf.constant(x),
+                               tf.constant(kernel), tf.constant(upstream))
     got = _conv_and_grads(lambda a, k: winograd.conv3x3(a, k, tile), tf.constant(x, tf.float32),
                           tf.constant(kernel, tf.float32), tf.constant(upstream, tf.float32))
     for name, a, b in zip(["output", "input gradient", "kernel gradient"], expected, got):
@@ -33,9 +33,11 @@ def test_matches_direct_convolution(tile, h, w):
 
 def test_unknown_batch_size_in_a_traced_function():
     kernel = tf.random.normal([3, 3, 4, 4])
-    fn = tf.function(lambda a: winograd.conv3x3(a, kernel, 4), input_signature=[tf.TensorSpec([None, 6, 6, 4])])
+    fn = tf.function(lambda a: winograd.conv3x3(a, kernel, 4),
+                     input_signature=[tf.TensorSpec([None, 6, 6, 4])])
     x = tf.random.normal([3, 6, 6, 4])
-    np.testing.assert_allclose(fn(x).numpy(), tf.nn.conv2d(x, kernel, 1, "SAME").numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(fn(x).numpy(), tf.nn.conv2d(x, kernel, 1, "SAME").numpy(),
+                               rtol=1e-4, atol=1e-4)
 
 
 @pytest.fixture
@@ -61,7 +63,8 @@ def test_conv2d_layer_uses_winograd_and_matches_keras(winograd_calls, h, tile):
     assert winograd_calls == [tile]
 
 
-@pytest.mark.parametrize("case", ["switched off", "stride 2", "5x5 kernel", "few channels", "float16", "accelerator"])
+@pytest.mark.parametrize("case", ["switched off", "stride 2", "5x5 kernel", "few channels", "float16",
+                                  "accelerator"])
 def test_conv2d_layer_keeps_other_paths(winograd_calls, monkeypatch, case):
     kwargs = {"filters": 4 if case != "few channels" else 3, "kernel_size": 5 if case == "5x5 kernel" else 3,
               "strides": 2 if case == "stride 2" else 1, "winograd": case != "switched off",

@@ -6,12 +6,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import pytest
 import tensorflow as tf
 
-from simclr_med.train import factory
-from simclr_med.data import datasets
 from simclr_med import experiment
-from simclr_med.train import schedules
-from simclr_med.train import loop
 from simclr_med.config import Config
+from simclr_med.data import datasets
+from simclr_med.train import factory, loop, schedules
 
 
 class _Stop(Exception):

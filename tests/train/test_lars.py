@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_med.train import factory
 from simclr_med.config import Config
+from simclr_med.train import factory
 from simclr_med.train.lars import LARS, is_excluded
 from simclr_med.train.optimizers import AdamWithL2, SGDWithL2, build_optimizer
 from simclr_med.train.schedules import WarmupCosine
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def reference(w, grads, lrs, *, momentum=0.9, wd=0.0, eta=0.001, decay=True, adapt=True, nesterov=False):
@@ -119,7 +119,8 @@ def test_name_patterns_exclude_by_path():
     np.testing.assert_allclose(h, reference(KERNEL, G_KERNEL, [0.3] * 3, decay=False, adapt=False), rtol=1e-5)
 
     body, head = dense("body"), dense("head")
-    opt = LARS(0.3, weight_decay_rate=0.1, exclude_from_weight_decay=["head"], exclude_from_layer_adaptation=[])
+    opt = LARS(0.3, weight_decay_rate=0.1, exclude_from_weight_decay=["head"],
+               exclude_from_layer_adaptation=[])
     _, h = run(opt, [body.kernel, head.kernel], grads)
     np.testing.assert_allclose(h, reference(KERNEL, G_KERNEL, [0.3] * 3, decay=False), rtol=1e-5)
 
@@ -168,7 +169,8 @@ def test_bad_arguments():
 def tiny_model():
     keras.utils.set_random_seed(1)
     return keras.Sequential(
-        [keras.Input((5,)), keras.layers.Dense(8), keras.layers.BatchNormalization(), keras.layers.ReLU(), keras.layers.Dense(3)]
+        [keras.Input((5,)), keras.layers.Dense(8), keras.layers.BatchNormalization(), keras.layers.ReLU(),
+         keras.layers.Dense(3)]
     )
 
 
@@ -237,11 +239,13 @@ MIRRORED_SCRIPT = textwrap.dedent(
     x = rng.randn(16, 5).astype("float32")
     y = rng.randn(16, 2).astype("float32")
     keras.utils.set_random_seed(0)
-    init = keras.Sequential([keras.Input((5,)), keras.layers.Dense(6, activation="tanh"), keras.layers.Dense(2)]).get_weights()
+    init = keras.Sequential([keras.Input((5,)), keras.layers.Dense(6, activation="tanh"),
+                             keras.layers.Dense(2)]).get_weights()
 
     def train(strategy):
         with strategy.scope():
-            model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(6, activation="tanh"), keras.layers.Dense(2)])
+            model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(6, activation="tanh"),
+                                      keras.layers.Dense(2)])
             model.set_weights(init)
             opt = LARS(0.5, weight_decay_rate=0.01, eta=0.01)
             opt.build(model.trainable_variables)
@@ -294,7 +298,8 @@ def test_classifier_head_is_decayed_but_not_adapted():
     """As SimCLR's LARS: its supervised head, which a trust ratio would barely move, gets the plain
     learning rate (still decayed); the encoder's kernels keep the trust ratio."""
     cfg = Config(train_mode="finetune", optimizer="lars", resnet_depth=18, image_size=32, learning_rate=0.1,
-                 learning_rate_scaling="none", warmup_epochs=0, weight_decay=1e-3, train_steps=10, model_dir="x")
+                 learning_rate_scaling="none", warmup_epochs=0, weight_decay=1e-3, train_steps=10,
+                 model_dir="x")
     model = factory.classifier(cfg, num_classes=3, multi_label=False, num_train_examples=64)
     variables = [model.head.kernel, model.encoder.get_layer("stem_conv").kernel]
     before = [v.numpy() for v in variables]

@@ -11,11 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_med.train import factory
-from simclr_med.train import checkpoints
-from simclr_med.train import loop
 from simclr_med.config import Config
 from simclr_med.errors import CheckpointError, NonFiniteLossError
+from simclr_med.train import checkpoints, factory, loop
 
 
 def tiny_config(**kw):
@@ -101,7 +99,8 @@ def test_skip_nonfinite_steps(tmp_path):
     model = factory.contrastive_model(cfg, num_train_examples=64)
     good = views_dataset()
     # One poisoned batch among good ones: skipped, the run still reaches its step count.
-    ds = good.enumerate().map(lambda i, d: {"view1": tf.where(i == 1, np.nan, d["view1"]), "view2": d["view2"]})
+    ds = good.enumerate().map(lambda i, d: {"view1": tf.where(i == 1, np.nan, d["view1"]),
+                                            "view2": d["view2"]})
     out = loop.train(model, ds, model_dir=str(tmp_path), total_steps=4, checkpoint_steps=4, verbose=0,
                          skip_nonfinite_steps=2)
     assert out["final_step"] == 4
@@ -116,7 +115,8 @@ def test_checkpoint_of_other_architecture_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="resnet_depth"):
         checkpoints.load_encoder(other.encoder, str(tmp_path))
     with pytest.raises(CheckpointError, match="different model"):
-        loop.train(other, views_dataset(), model_dir=str(tmp_path), total_steps=2, checkpoint_steps=1, verbose=0)
+        loop.train(other, views_dataset(), model_dir=str(tmp_path), total_steps=2, checkpoint_steps=1,
+                   verbose=0)
 
 
 def test_encoder_moves_between_runs(tmp_path):
@@ -155,8 +155,9 @@ _MIRRORED_STEP = textwrap.dedent("""
 
 
 def _step(replicas, out):
-    result = subprocess.run([sys.executable, "-c", _MIRRORED_STEP, str(replicas), str(out)], capture_output=True,
-                            text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=600)
+    result = subprocess.run([sys.executable, "-c", _MIRRORED_STEP, str(replicas), str(out)],
+                            capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                            timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])["loss"], np.load(out)
 
@@ -169,7 +170,8 @@ def test_mirrored_train_step_equals_single_device(tmp_path):
     and can flip a ReLU whose input is ~0, which moves every update below it by ~0.2%. Unsynchronized
     BN changes the loss by 4%; summing per-replica means instead of shares doubles the update.
     """
-    (loss_one, update_one), (loss_two, update_two) = _step(1, tmp_path / "one.npy"), _step(2, tmp_path / "two.npy")
+    loss_one, update_one = _step(1, tmp_path / "one.npy")
+    loss_two, update_two = _step(2, tmp_path / "two.npy")
     assert loss_two == pytest.approx(loss_one, rel=5e-5)
     assert np.linalg.norm(update_two - update_one) < 1e-2 * np.linalg.norm(update_one)
 

@@ -22,14 +22,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_med.train import factory
-from simclr_med.train import checkpoints
-from tests.fixtures import layouts
-from simclr_med.train import loop
 from simclr_med.config import Config
 from simclr_med.errors import CheckpointError
+from simclr_med.train import checkpoints, factory, loop
+from tests.fixtures import layouts
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ITERATIONS = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
 
 
@@ -101,7 +99,8 @@ def test_resume_removes_remains_of_killed_saves_and_skips_unreadable_checkpoints
     fresh = tiny_model(tmp_path)
     with caplog.at_level(logging.WARNING, logger="simclr_med.train.checkpoints"):
         assert checkpoints.restore_latest(checkpoints.make_manager(fresh, str(tmp_path), 3)) == 2
-    assert any("skipping unreadable checkpoint" in r.message and "ckpt-4" in r.message for r in caplog.records)
+    assert any("skipping unreadable checkpoint" in r.message and "ckpt-4" in r.message
+               for r in caplog.records)
     for a, b in zip(saved[2], encoder_weights(fresh)):
         np.testing.assert_array_equal(a, b)
     # ... or listed without files (killed while the manager deleted it): the same.
@@ -132,6 +131,21 @@ def test_a_finished_but_unlisted_checkpoint_is_kept(tmp_path, caplog):
     assert check_listed(tmp_path, sweeping_allowed=False) == 4
 
 
+def test_a_run_in_a_relative_folder_resumes_from_its_newest_checkpoint(tmp_path, monkeypatch):
+    """The state file rewritten on resume keeps the names right when --model_dir is relative."""
+    monkeypatch.chdir(tmp_path)
+    model = tiny_model("run")
+    manager = checkpoints.make_manager(model, "run", max_to_keep=3)
+    for step in (2, 4):
+        model.optimizer.iterations.assign(step)
+        manager.save(checkpoint_number=step)
+    checkpoints.write_state("run", ["ckpt-2"])  # killed before ckpt-4 was listed
+    assert checkpoints.restore_latest(checkpoints.make_manager(tiny_model("run"), "run", 3)) == 4
+    assert check_listed(tmp_path / "run", sweeping_allowed=False) == 4
+    out = loop.train(tiny_model("run"), None, model_dir="run", total_steps=4, checkpoint_steps=2, verbose=0)
+    assert out["start_step"] == out["final_step"] == 4
+
+
 # --- slow: a real run.py killed again and again ---------------------------------------------------
 
 TOTAL_STEPS = 40  # room left for phase 4 after phase 3's random kill (a step is ~0.1 s)
@@ -146,9 +160,10 @@ class Run:
         self.log = tmp_path / f"log{index}.txt"
         args = [sys.executable, str(REPO / "run.py"), "--mode=train", "--train_mode=pretrain",
                 "--dataset=derm_cases/generic", f"--manual_dir={manual}", f"--data_dir={tmp_path / 'data'}",
-                f"--model_dir={self.model_dir}", "--resnet_depth=18", "--image_size=32", "--train_batch_size=4",
-                "--num_proj_layers=1", "--proj_out_dim=8", f"--train_steps={TOTAL_STEPS}", "--checkpoint_steps=2",
-                "--keep_checkpoint_max=3", "--log_steps=1", "--warmup_epochs=0", "--verbose=0"]
+                f"--model_dir={self.model_dir}", "--resnet_depth=18", "--image_size=32",
+                "--train_batch_size=4", "--num_proj_layers=1", "--proj_out_dim=8",
+                f"--train_steps={TOTAL_STEPS}", "--checkpoint_steps=2", "--keep_checkpoint_max=3",
+                "--log_steps=1", "--warmup_epochs=0", "--verbose=0"]
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(args, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
                                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
@@ -216,7 +231,8 @@ def test_killed_and_restarted_run_finishes_at_the_right_step(tmp_path):
         run = Run(tmp_path, manual, len(runs))
         runs.append(run)
         start = run.start_step()
-        assert start == expected_start, f"resumed from {start}, the newest complete checkpoint is {expected_start}"
+        assert start == expected_start, (
+            f"resumed from {start}, the newest complete checkpoint is {expected_start}")
         assert not starts or start >= starts[-1]
         starts.append(start)
         return run

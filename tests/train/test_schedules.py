@@ -22,7 +22,8 @@ def closed_form(step):
 
 @pytest.mark.parametrize(
     "step, expected",
-    [(0, 0.0), (50, 0.3), (100, BASE), (600, BASE / 2), (350, BASE * (2 + math.sqrt(2)) / 4), (1100, 0.0), (5000, 0.0)],
+    [(0, 0.0), (50, 0.3), (100, BASE), (600, BASE / 2), (350, BASE * (2 + math.sqrt(2)) / 4), (1100, 0.0),
+     (5000, 0.0)],
 )
 def test_values(step, expected):
     sched = WarmupCosine(BASE, WARMUP, TOTAL)
@@ -59,7 +60,11 @@ def test_config_round_trip():
     assert isinstance(restored, WarmupCosine) and float(restored(35)) == pytest.approx(float(sched(35)))
 
 
-@pytest.mark.parametrize("args, match", [((0.1, 5, 0), "total_steps"), ((0.1, 11, 10), "warmup_steps"), ((-1.0, 0, 10), "base_learning_rate")])
+@pytest.mark.parametrize("args, match", [
+    ((0.1, 5, 0), "total_steps"),
+    ((0.1, 11, 10), "warmup_steps"),
+    ((-1.0, 0, 10), "base_learning_rate"),
+])
 def test_bad_arguments(args, match):
     with pytest.raises(ValueError, match=match):
         WarmupCosine(*args)

@@ -1,14 +1,14 @@
-"""Initialising an encoder from a google-research/simclr TF1 checkpoint, written here in the released layout."""
+"""Initialising an encoder from a google-research/simclr TF1 checkpoint, written here in the released
+layout."""
 import re
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_med.train import checkpoints
-from simclr_med.models import heads
-from simclr_med.models import resnet
 from simclr_med.errors import CheckpointError
+from simclr_med.models import heads, resnet
+from simclr_med.train import checkpoints
 
 BLOCKS_R50 = (3, 4, 6, 3)
 
@@ -44,14 +44,17 @@ def write_released_checkpoint(prefix, scope="base_model/", seed=0, head_layers=3
         he_normal = rng.normal(scale=(2 / np.prod(shape[:3])) ** 0.5, size=shape)
         tensors[f"{scope}conv2d{suffix}/kernel"] = he_normal.astype(np.float32)
         for w in ("gamma", "beta", "moving_mean", "moving_variance"):
-            tensors[f"{scope}batch_normalization{suffix}/{w}"] = rng.uniform(0.5, 1.5, shape[-1]).astype(np.float32)
+            tensors[f"{scope}batch_normalization{suffix}/{w}"] = rng.uniform(
+                0.5, 1.5, shape[-1]).astype(np.float32)
     tensors[f"{scope}conv2d/kernel/Momentum"] = np.zeros((7, 7, 3, 64), np.float32)
     head_scope = scope.replace("base_model/", "head_contrastive/")
     for j in range(head_layers):
         out = 128 if j == head_layers - 1 else 2048
-        tensors[f"{head_scope}nl_{j}/dense/kernel"] = rng.normal(scale=0.02, size=(2048, out)).astype(np.float32)
+        tensors[f"{head_scope}nl_{j}/dense/kernel"] = rng.normal(
+            scale=0.02, size=(2048, out)).astype(np.float32)
         for w in ("gamma", "moving_mean", "moving_variance") + (("beta",) if out == 2048 else ()):
-            tensors[f"{head_scope}nl_{j}/batch_normalization/{w}"] = rng.uniform(0.5, 1.5, out).astype(np.float32)
+            tensors[f"{head_scope}nl_{j}/batch_normalization/{w}"] = rng.uniform(
+                0.5, 1.5, out).astype(np.float32)
     tensors["head_supervised/linear_layer/dense/kernel"] = rng.normal(size=(2048, 1000)).astype(np.float32)
     tensors["global_step"] = np.array(250228, np.int64)
     names = sorted(tensors)
@@ -82,7 +85,8 @@ def test_every_encoder_weight_comes_from_its_released_variable(released):
             np.testing.assert_array_equal(getattr(bn, w).numpy(),
                                           tensors[f"base_model/batch_normalization{suffix}/{w}"])
     assert len(encoder.weights) == 53 * 5  # nothing left at its initial value
-    assert np.isfinite(encoder(np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32))).all()
+    images = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)
+    assert np.isfinite(encoder(images)).all()
 
 
 def simclr_reference(images, tensors, scope="base_model/"):
@@ -100,9 +104,10 @@ def simclr_reference(images, tensors, scope="base_model/"):
             pad = [before, kernel.shape[0] - 1 - before]
             x = tf.pad(x, [[0, 0], pad, pad, [0, 0]])
         x = tf.nn.conv2d(x, kernel, stride, "VALID" if stride > 1 else "SAME")
-        bn = {w: tensors[f"{scope}batch_normalization{suffix}/{w}"] for w in ("gamma", "beta", "moving_mean",
-                                                                              "moving_variance")}
-        x = tf.nn.batch_normalization(x, bn["moving_mean"], bn["moving_variance"], bn["beta"], bn["gamma"], 1e-5)
+        bn = {w: tensors[f"{scope}batch_normalization{suffix}/{w}"]
+              for w in ("gamma", "beta", "moving_mean", "moving_variance")}
+        x = tf.nn.batch_normalization(x, bn["moving_mean"], bn["moving_variance"], bn["beta"], bn["gamma"],
+                                      1e-5)
         return tf.nn.relu(x) if relu else x
 
     x = tf.nn.max_pool2d(conv_bn(images, 2), 3, 2, "SAME")
@@ -152,8 +157,9 @@ def test_directory_without_state_file_needs_a_single_checkpoint(tmp_path):
     for step in (1, 2):
         tf.raw_ops.SaveV2(prefix=str(tmp_path / f"model.ckpt-{step}"), tensor_names=["global_step"],
                           shape_and_slices=[""], tensors=[np.array(step, np.int64)])
-    with pytest.raises(CheckpointError, match="holds 2 checkpoints and no `checkpoint` file naming the latest; "
-                                              "name one: .*model.ckpt-1, .*model.ckpt-2$"):
+    with pytest.raises(CheckpointError,
+                       match="holds 2 checkpoints and no `checkpoint` file naming the latest; "
+                             "name one: .*model.ckpt-1, .*model.ckpt-2$"):
         checkpoints.resolve_checkpoint(str(tmp_path))
 
 
@@ -165,7 +171,8 @@ def test_released_projection_head_is_imported_layer_by_layer(released):
         np.testing.assert_array_equal(head.get_layer(f"dense{j}").kernel.numpy(),
                                       tensors[f"head_contrastive/nl_{j}/dense/kernel"])
         for w in head.get_layer(f"bn{j}").weights:
-            np.testing.assert_array_equal(w.numpy(), tensors[f"head_contrastive/nl_{j}/batch_normalization/{w.name}"])
+            np.testing.assert_array_equal(
+                w.numpy(), tensors[f"head_contrastive/nl_{j}/batch_normalization/{w.name}"])
     assert len(head.weights) == 3 + 4 + 4 + 3  # nothing left at its initial value
 
 

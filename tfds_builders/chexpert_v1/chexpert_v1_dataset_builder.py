@@ -59,10 +59,12 @@ def _image_path(manual_dir: Path, csv_dir: Path, rel: str, where: str) -> Path:
     parts = path.relative_to(manual_dir).parts
     if len(parts) > 1 and parts[0].startswith("CheXpert-v1.0"):
         parts = parts[1:]
-    for candidate in (path, csv_dir.joinpath(*parts)):
-        if candidate.is_file():
-            return candidate
-    raise DataError(f"{where}: image {rel!r} not found under {manual_dir}")
+    candidates = (path, csv_dir.joinpath(*parts))
+    for candidate in candidates:
+        found = common.find_file(candidate)
+        if found:
+            return found
+    raise common.missing_image(next((c for c in candidates if c.is_dir()), path), where, rel, manual_dir)
 
 
 def read_rows(manual_dir: Path, csv_dir: Path, name: str) -> list[Row]:
@@ -82,9 +84,9 @@ def read_rows(manual_dir: Path, csv_dir: Path, name: str) -> list[Row]:
             if r[col] not in _LABEL_VALUES:
                 raise DataError(f"{where}: column {col!r} has {r[col]!r}; expected 1.0, 0.0, -1.0 or blank")
             raw[i] = _LABEL_VALUES[r[col]]
+        metadata = {"sex": r["Sex"], "age": r["Age"], "view": r["Frontal/Lateral"], "ap_pa": r["AP/PA"]}
         rows.append(Row(rel, _image_path(manual_dir, csv_dir, rel, where), where, match.group(1),
-                        f"{match.group(1)}/{match.group(2)}", raw,
-                        {"sex": r["Sex"], "age": r["Age"], "view": r["Frontal/Lateral"], "ap_pa": r["AP/PA"]}))
+                        f"{match.group(1)}/{match.group(2)}", raw, metadata))
     if not rows:
         raise DataError(f"{csv_dir / name}: no rows")
     return rows
@@ -109,10 +111,13 @@ def assign_splits(train_rows: list[Row], valid_rows: list[Row]) -> dict[str, lis
 class Builder(tfds.core.GeneratorBasedBuilder):
     """CheXpert v1.0 chest radiographs with raw labels, for any uncertainty policy at load time."""
 
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {"1.0.0": "Initial release.",
-                     "1.1.0": "Re-split 75 / 10 / 15% (the paper's sizes, its 67,429 read as 167,429)."}
+                     "1.1.0": "Re-split 75 / 10 / 15% (the paper's sizes, its 67,429 read as 167,429).",
+                     "1.2.0": "16-bit PNGs stored rescaled from their significant bits, EXIF-rotated images "
+                              "stored upright (metadata pixel_bits, exif_upright)."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
+    pixel_bits = 0  # --pixel_bits, set by tfds_builders.registry before a build (common.significant_bits)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
@@ -134,7 +139,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def source_files(self, manual_dir) -> list:
         """The download's index files; their fingerprint tells a rebuilt download apart."""
         csv_dir = locate(Path(manual_dir))
-        return [csv_dir / "train.csv", common.first_existing(csv_dir, ["valid.csv"], "official validation set")]
+        return [csv_dir / "train.csv",
+                common.first_existing(csv_dir, ["valid.csv"], "official validation set")]
 
     def _split_generators(self, dl_manager):
         manual_dir = common.manual_dir_of(dl_manager, _INSTRUCTIONS)
@@ -142,14 +148,18 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         csv_dir = sources[0].parent
         train = read_rows(manual_dir, csv_dir, "train.csv")
         valid = read_rows(manual_dir, csv_dir, "valid.csv")
-        self.info.metadata.update(source_sha256=common.fingerprint(sources))
-        return {split: self._generate_examples(rows=rows) for split, rows in assign_splits(train, valid).items()}
+        self.image_log = common.ImageLog(self.pixel_bits)
+        self.info.metadata.update(source_sha256=common.fingerprint(sources), **self.image_log.metadata())
+        return {split: self._generate_examples(split=split, rows=rows)
+                for split, rows in assign_splits(train, valid).items()}
 
-    def _generate_examples(self, rows):
+    def _generate_examples(self, split, rows):
         """Every image is a labelled example, so an unreadable one stops the build."""
-        images = common.read_images((r.path, r.where, r.image_id) for r in rows)
+        images = common.read_images(((r.path, r.where, r.image_id) for r in rows), self.pixel_bits)
         for r, data in zip(rows, images):
             if isinstance(data, common.UnreadableImage):
                 raise data
-            yield r.image_id, {"image": data, "image_id": r.image_id, "patient_id": r.patient_id,
+            self.image_log.add(r.image_id, data)
+            yield r.image_id, {"image": data.data, "image_id": r.image_id, "patient_id": r.patient_id,
                                "study_id": r.study_id, "raw_labels": r.raw, "metadata": r.metadata}
+        self.image_log.record(self.info.metadata, f"chexpert_v1 {split}")

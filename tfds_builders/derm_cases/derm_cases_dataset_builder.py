@@ -18,6 +18,10 @@ from tfds_builders.derm_cases import layouts
 log = logging.getLogger(__name__)
 
 SPLITS = {"train": 0.7, "validation": 0.1, "test": 0.2}
+_VERSION = "1.1.0"  # every config's
+_RELEASE_NOTES = {"1.0.0": "Initial release.",
+                  "1.1.0": "16-bit PNGs stored rescaled from their significant bits, EXIF-rotated images "
+                           "stored upright (metadata pixel_bits, exif_upright)."}
 SPLIT_SEED = 0
 
 _INSTRUCTIONS = """
@@ -34,7 +38,7 @@ class DermConfig(tfds.core.BuilderConfig):
     """A layout and its label space (`class_names=None`: the sorted labels found in the CSV)."""
 
     def __init__(self, *, layout: str, class_names=None, **kwargs):
-        super().__init__(version=tfds.core.Version("1.0.0"), **kwargs)
+        super().__init__(version=_VERSION, release_notes=_RELEASE_NOTES, **kwargs)
         self.layout = layout
         self.class_names = tuple(class_names) if class_names else None
 
@@ -42,13 +46,16 @@ class DermConfig(tfds.core.BuilderConfig):
 class Builder(tfds.core.GeneratorBasedBuilder):
     """Derm-style cases from a generic CSV, SCIN or HAM10000 manual download."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version(_VERSION)
+    RELEASE_NOTES = _RELEASE_NOTES
     MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
+    pixel_bits = 0  # --pixel_bits, set by tfds_builders.registry before a build (common.significant_bits)
     BUILDER_CONFIGS = [
         DermConfig(name="generic", layout="generic",
                    description="cases.csv: one row per image with case_id, image_path, label."),
         DermConfig(name="scin", layout="scin", class_names=layouts.DERM_CONDITIONS + (layouts.OTHER,),
-                   description="SCIN; label = argmax of weighted_skin_condition_label, 26 conditions + Other."),
+                   description="SCIN; label = argmax of weighted_skin_condition_label, "
+                               "26 conditions + Other."),
         DermConfig(name="ham10000", layout="ham10000", class_names=layouts.HAM_DX,
                    description="HAM10000; one case per lesion_id, label = dx."),
     ]
@@ -87,8 +94,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         assignment = common.split_groups({c.case_id: 1 for c in index.cases}, SPLITS, SPLIT_SEED,
                                          strata={c.case_id: c.label for c in index.cases})
         common.check_splits_nonempty(assignment, list(SPLITS), "cases", index.sources[0].name)
+        self.image_log = common.ImageLog(self.pixel_bits)
         self.info.metadata.update(source_sha256=common.fingerprint(self.source_files(manual_dir)),
-                                  notes=index.notes, skipped_images=[], split_stats={})
+                                  notes=index.notes, skipped_images=[], split_stats={},
+                                  **self.image_log.metadata())
         cases_of = {split: [by_id[k] for k, s in assignment.items() if s == split] for split in SPLITS}
         return {split: self._generate_examples(split=split, cases=cases) for split, cases in cases_of.items()}
 
@@ -96,7 +105,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         """Reads and checks every image: a corrupt one is skipped and reported, but a case with
         no readable image stops the build (its label would be lost)."""
         jobs = [(path, where, image_id) for c in cases for image_id, path, where in c.images]
-        results = common.read_images(jobs)
+        results = common.read_images(jobs, self.pixel_bits)
         stats = {"num_cases": 0, "num_images": 0, "max_images": 0}
         for case in cases:
             images, ids = [], []
@@ -106,7 +115,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     log.warning("skipped: %s", data)
                     self.info.metadata["skipped_images"].append(str(data))
                     continue
-                images.append(data)
+                self.image_log.add(image_id, data)
+                images.append(data.data)
                 ids.append(image_id)
             if not images:
                 raise DataError(f"{case.images[-1][2]}: case {case.case_id!r} has no readable image "
@@ -117,3 +127,4 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             yield case.case_id, {"images": images, "image_ids": ids, "case_id": case.case_id,
                                  "label": case.label, "metadata": case.metadata}
         self.info.metadata["split_stats"][split] = stats
+        self.image_log.record(self.info.metadata, f"derm_cases/{self.builder_config.name} {split}")

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import os
 from pathlib import Path
 
 from simclr_med.errors import DataError
-from tfds_builders.common import first_existing, inside, read_csv
+from tfds_builders.common import find_file, first_existing, inside, missing_image, nfc, read_csv
 
 # The paper's Derm label space (spellings unverified; pass another list to DermConfig to change).
 DERM_CONDITIONS = (
@@ -58,20 +57,25 @@ class Index:
 
 
 def _add_image(case: Case, manual_dir: Path, path: Path, source: str, row: int, seen: dict) -> None:
-    """Appends an image to its case, refusing duplicates, images shared by cases, missing files."""
+    """Appends an image to its case, refusing duplicates, images shared by cases, missing files.
+
+    The id is the path as the CSV writes it; names are compared after Unicode normalisation
+    (common.find_file), so the file may be stored composed or decomposed.
+    """
     where = f"{source} row {row}"
     image_id = path.relative_to(manual_dir).as_posix()
-    if image_id in seen:
-        prev_row, prev_case = seen[image_id]
+    if nfc(image_id) in seen:
+        prev_row, prev_case = seen[nfc(image_id)]
         if prev_case == case.case_id:
             raise DataError(f"{where}: duplicated row, image {image_id!r} of case {case.case_id!r} "
                             f"is already listed in {source} row {prev_row}")
         raise DataError(f"{where}: image {image_id!r} is also used by case {prev_case!r} ({source} row "
                         f"{prev_row}); an image may belong to one case only")
-    if not path.is_file():
-        raise DataError(f"{where}: image {image_id!r} not found under {manual_dir}")
-    seen[image_id] = (row, case.case_id)
-    case.images.append((image_id, path, where))
+    found = find_file(path)
+    if found is None:
+        raise missing_image(path, where, image_id, manual_dir)
+    seen[nfc(image_id)] = (row, case.case_id)
+    case.images.append((image_id, found, where))
 
 
 def _check_labels(cases, class_names, source: str) -> None:
@@ -130,9 +134,9 @@ def _scin_image(manual_dir: Path, rel: str, where: str) -> Path:
     """SCIN paths are relative to the bucket root (`dataset/images/…`); the manual dir may be
     that root or its `dataset/` folder."""
     path = inside(manual_dir, rel, where)
-    parts = Path(os.path.normpath(rel)).parts
-    if not path.is_file() and len(parts) > 1 and manual_dir.joinpath(*parts[1:]).is_file():
-        return manual_dir.joinpath(*parts[1:])
+    parts = path.relative_to(manual_dir).parts
+    if not find_file(path) and len(parts) > 1 and find_file(manual_dir.joinpath(*parts[1:])):
+        return find_file(manual_dir.joinpath(*parts[1:]))
     return path
 
 

@@ -57,14 +57,20 @@ def parse_age(text: str, where: str) -> str:
     return str(years) if years <= MAX_AGE else ""
 
 
+def _findings(text: str) -> set[str]:
+    """The findings of a Finding Labels cell, in any order."""
+    return {f.strip() for f in text.split("|")}
+
+
 def parse_findings(text: str, where: str) -> np.ndarray:
-    found = {f.strip() for f in text.split("|")}
+    found = _findings(text)
     labels = np.zeros(len(NIH_LABELS), np.float32)
     if found == {"No Finding"}:
         return labels
     for f in found:
         if f not in NIH_LABELS:
-            raise DataError(f"{where}: unknown finding {f!r} in {text!r}; known: No Finding, {', '.join(NIH_LABELS)}")
+            raise DataError(f"{where}: unknown finding {f!r} in {text!r}; "
+                            f"known: No Finding, {', '.join(NIH_LABELS)}")
         labels[NIH_LABELS.index(f)] = 1.0
     return labels
 
@@ -97,7 +103,8 @@ def _read_list(path: Path) -> dict[str, int]:
 def source_files(manual_dir: Path) -> list[Path]:
     """The data entry CSV and the two split lists."""
     csv_path = common.first_existing(manual_dir, CSV_NAMES, "NIH ChestX-ray14 data entry CSV")
-    return [csv_path] + [common.first_existing(manual_dir, [v], "official split list") for v in LISTS.values()]
+    lists = [common.first_existing(manual_dir, [v], "official split list") for v in LISTS.values()]
+    return [csv_path] + lists
 
 
 def read_rows(manual_dir: Path) -> tuple[list[Row], dict[str, str], list[str]]:
@@ -113,8 +120,12 @@ def read_rows(manual_dir: Path) -> tuple[list[Row], dict[str, str], list[str]]:
         if not match:
             raise DataError(f"{where}: Image Index {name!r} is not of the form NNNNNNNN_NNN.png")
         if name in seen:
-            raise DataError(f"{where}: duplicated row, {name!r} is already at row {seen[name]}")
-        seen[name] = row
+            first_row, first = seen[name]
+            if _findings(first) != _findings(r["Finding Labels"]):
+                raise DataError(f"{where}: {name!r} is listed twice with different findings: {first!r} (row "
+                                f"{first_row}) vs {r['Finding Labels']!r}")
+            raise DataError(f"{where}: duplicated row, {name!r} is already at row {first_row}")
+        seen[name] = row, r["Finding Labels"]
         patient = match.group(1)
         if r["Patient ID"] and (not r["Patient ID"].isdigit() or int(r["Patient ID"]) != int(patient)):
             raise DataError(f"{where}: Patient ID {r['Patient ID']!r} does not match image {name!r}")
@@ -124,12 +135,15 @@ def read_rows(manual_dir: Path) -> tuple[list[Row], dict[str, str], list[str]]:
                             f"expected exactly one")
         list_of[name] = in_lists[0]
         if name not in files:
-            raise DataError(f"{where}: image {name!r} not found in images/ or images_NNN/images/ under {manual_dir}")
+            raise DataError(f"{where}: image {name!r} not found in images/ or images_NNN/images/ "
+                            f"under {manual_dir}")
         age = parse_age(r["Patient Age"], where)
         implausible += age == ""
         rows.append(Row(name, files[name], where, patient, parse_findings(r["Finding Labels"], where),
                         {"sex": r["Patient Gender"], "age": age, "view": r["View Position"],
                          "follow_up": r["Follow-up #"]}))
+    if not rows:
+        raise DataError(f"{csv_path.name}: no rows, only the header; expected one row per image")
     for key, names in lists.items():
         for name, line_no in names.items():
             if name not in seen:
@@ -148,8 +162,8 @@ def assign_splits(rows: list[Row], list_of: dict[str, str]) -> dict[str, list[Ro
                 raise DataError(f"{r.where}: patient {r.patient_id} is in both {LISTS['train_val']} and "
                                 f"{LISTS['test']}; the official split is by patient")
             sizes[r.patient_id] = sizes.get(r.patient_id, 0) + 1
-    by_patient = common.split_groups(sizes, {"train": 1 - VALIDATION_FRACTION, "validation": VALIDATION_FRACTION},
-                                     SPLIT_SEED)
+    fractions = {"train": 1 - VALIDATION_FRACTION, "validation": VALIDATION_FRACTION}
+    by_patient = common.split_groups(sizes, fractions, SPLIT_SEED)
     common.check_splits_nonempty(by_patient, ["train", "validation"], "patients", LISTS["train_val"])
     if not test_patients:
         raise DataError(f"{LISTS['test']}: split test would be empty")
@@ -162,14 +176,19 @@ def assign_splits(rows: list[Row], list_of: dict[str, str]) -> dict[str, list[Ro
 class Builder(tfds.core.GeneratorBasedBuilder):
     """NIH ChestX-ray14 with its 14 findings and the CheXpert tasks they correspond to."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.",
+                     "1.1.0": "16-bit PNGs stored rescaled from their significant bits, EXIF-rotated images "
+                              "stored upright (metadata pixel_bits, exif_upright)."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
+    pixel_bits = 0  # --pixel_bits, set by tfds_builders.registry before a build (common.significant_bits)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
-            description="NIH ChestX-ray14: encoded radiograph, 14 multi-hot findings (NIH order), the 5 "
-                        "CheXpert tasks mapped (Pleural Effusion = Effusion), patient id, view, demographics.",
+            description="NIH ChestX-ray14: encoded radiograph, 14 multi-hot findings (NIH order), "
+                        "the 5 CheXpert tasks mapped (Pleural Effusion = Effusion), patient id, view, "
+                        "demographics.",
             features=tfds.features.FeaturesDict({
                 "image": tfds.features.Tensor(shape=(), dtype=np.object_),
                 "image_id": tfds.features.Text(),
@@ -191,15 +210,21 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         rows, list_of, notes = read_rows(manual_dir)
         for note in notes:
             log.warning("nih_chestxray14: %s", note)
-        self.info.metadata.update(source_sha256=common.fingerprint(self.source_files(manual_dir)), notes=notes)
-        return {split: self._generate_examples(rows=rs) for split, rs in assign_splits(rows, list_of).items()}
+        self.image_log = common.ImageLog(self.pixel_bits)
+        self.info.metadata.update(source_sha256=common.fingerprint(self.source_files(manual_dir)),
+                                  notes=notes, **self.image_log.metadata())
+        return {split: self._generate_examples(split=split, rows=rs)
+                for split, rs in assign_splits(rows, list_of).items()}
 
-    def _generate_examples(self, rows):
+    def _generate_examples(self, split, rows):
         """Every image is a labelled example, so an unreadable one stops the build."""
         columns = [NIH_LABELS.index(NIH_FOR_CHEXPERT[t]) for t in CHEXPERT_TASKS]
-        images = common.read_images((r.path, r.where, r.image_id) for r in rows)
+        images = common.read_images(((r.path, r.where, r.image_id) for r in rows), self.pixel_bits)
         for r, data in zip(rows, images):
             if isinstance(data, common.UnreadableImage):
                 raise data
-            yield r.image_id, {"image": data, "image_id": r.image_id, "patient_id": r.patient_id,
-                               "labels": r.labels, "chexpert_labels": r.labels[columns], "metadata": r.metadata}
+            self.image_log.add(r.image_id, data)
+            yield r.image_id, {"image": data.data, "image_id": r.image_id, "patient_id": r.patient_id,
+                               "labels": r.labels, "chexpert_labels": r.labels[columns],
+                               "metadata": r.metadata}
+        self.image_log.record(self.info.metadata, f"nih_chestxray14 {split}")

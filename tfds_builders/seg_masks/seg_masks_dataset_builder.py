@@ -12,6 +12,7 @@ missing mask, a size mismatch or an unreadable file fails with the file named.
 """
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -45,7 +46,8 @@ def _list(folder: str, extensions) -> dict[str, str]:
         if name.startswith(".") or ext.lower() not in extensions:
             continue
         if stem in found:
-            raise SegMasksError(f"{os.path.join(folder, name)}: two files named {stem!r} ({found[stem]}, {name})")
+            raise SegMasksError(f"{os.path.join(folder, name)}: two files named {stem!r} "
+                                f"({found[stem]}, {name})")
         found[stem] = name
     return found
 
@@ -57,9 +59,11 @@ def pair_files(manual_dir: str) -> list[tuple[str, str, str]]:
     for stem in sorted(images.keys() - masks.keys()):
         raise SegMasksError(f"{os.path.join(manual_dir, 'images', images[stem])}: no mask masks/{stem}.png")
     for stem in sorted(masks.keys() - images.keys()):
-        raise SegMasksError(f"{os.path.join(manual_dir, 'masks', masks[stem])}: no image images/{stem}.png|jpg")
+        mask_path = os.path.join(manual_dir, "masks", masks[stem])
+        raise SegMasksError(f"{mask_path}: no image images/{stem}.png|jpg")
     if len(images) < 3:
-        raise SegMasksError(f"{manual_dir}: {len(images)} image/mask pairs; need at least 3 for train/validation/test")
+        raise SegMasksError(f"{manual_dir}: {len(images)} image/mask pairs; "
+                            "need at least 3 for train/validation/test")
     return [(s, os.path.join(manual_dir, "images", images[s]), os.path.join(manual_dir, "masks", masks[s]))
             for s in sorted(images)]
 
@@ -96,9 +100,22 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     return array.clip(0, 255).astype(np.uint8)
 
 
-def read_image(path: str) -> np.ndarray:
-    """[H, W, 3] uint8 from any grayscale / RGB / RGBA / palette / 16-bit file."""
+def read_image(path: str, image_log: common.ImageLog | None = None) -> np.ndarray:
+    """[H, W, 3] uint8 from any grayscale / RGB / RGBA / palette / 16-bit file.
+
+    A 16-bit PNG is first rescaled by the bits its samples use (common.prepare_image: a 12-bit
+    export would otherwise come out at 1/16 of its brightness). EXIF orientation is not applied:
+    the mask, drawn on the stored pixels, would no longer match.
+    """
     img = _open(path)
+    if img.format == "PNG":
+        with open(path, "rb") as f:
+            data = f.read()
+        stored = common.prepare_image(data, path, os.path.basename(path))
+        if image_log is not None:
+            image_log.add(os.path.basename(path), stored)
+        if stored.data is not data:
+            img = Image.open(io.BytesIO(stored.data))
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         gray = _to_uint8(np.asarray(img))
         return np.repeat(gray[..., None], 3, axis=-1)
@@ -124,8 +141,9 @@ def read_mask(path: str) -> np.ndarray:
 class SegMasks(tfds.core.GeneratorBasedBuilder):
     """Paired images and masks from a manual dir."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.",
+                     "1.1.0": "16-bit PNGs read by their significant bits (metadata pixel_bits)."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -138,22 +156,27 @@ class SegMasks(tfds.core.GeneratorBasedBuilder):
                 "name": tfds.features.Text(),
             }),
             supervised_keys=("image", "mask"),
+            metadata=tfds.core.MetadataDict(),
         )
 
     def _split_generators(self, dl_manager):
         manual_dir = os.fspath(common.manual_dir_of(dl_manager, _INSTRUCTIONS))
         pairs = pair_files(manual_dir)
         checked = {name: (image, mask) for name, image, mask in pairs}
-        for name, (image_path, mask_path) in checked.items():  # fail before writing anything
+        for image_path, mask_path in checked.values():  # fail before writing anything
             image_size, mask_size = _open(image_path, False).size, _open(mask_path, False).size
             if image_size != mask_size:
                 raise SegMasksError(f"{mask_path}: mask is {mask_size[0]}x{mask_size[1]} but its image "
                                     f"{os.path.basename(image_path)} is {image_size[0]}x{image_size[1]}")
+        self.image_log = common.ImageLog()
+        self.info.metadata.update(self.image_log.metadata())
         return {
-            split: self._generate_examples([(n, *checked[n]) for n in names])
+            split: self._generate_examples(split, [(n, *checked[n]) for n in names])
             for split, names in split_names(sorted(checked)).items()
         }
 
-    def _generate_examples(self, pairs):
+    def _generate_examples(self, split, pairs):
         for name, image_path, mask_path in pairs:
-            yield name, {"image": read_image(image_path), "mask": read_mask(mask_path), "name": name}
+            image = read_image(image_path, self.image_log)
+            yield name, {"image": image, "mask": read_mask(mask_path), "name": name}
+        self.image_log.record(self.info.metadata, f"seg_masks {split}")

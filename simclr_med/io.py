@@ -1,0 +1,226 @@
+"""Every file in a run directory, data directory or checkpoint path is read and written here.
+
+Through `tf.io.gfile`, so the same calls serve a local disk and a bucket (`gs://`; `ram://` in
+tests). Writes never show a reader part of a file: on a local disk the file is written under a
+temporary name of its own and renamed into place; on an object store (a path with a scheme) the
+object is written once, directly, since an object appears only when its upload completes and a
+rename there is a copy. TensorFlow's file errors surface as the OSErrors callers catch.
+TensorFlow is imported on first use: `Config.validate` imports this module before it may load.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import json
+import os
+import re
+import uuid
+import zipfile
+from collections.abc import Callable
+
+import numpy as np
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _tf():
+    import tensorflow as tf
+    return tf
+
+
+def is_url(path) -> bool:
+    """Whether `path` names its file system by a scheme (gs://, ram://) rather than lying on a local disk."""
+    return bool(_SCHEME.match(os.fspath(path)))
+
+
+def run_path(path):
+    """A run, data or checkpoint path as the library keeps it: local paths absolute, URLs as given.
+
+    Relative paths are resolved once, where they enter: TensorFlow rewrites the checkpoint names it
+    records relative to a relative run folder (`../../ckpt-60`), which breaks resume. "" and None stay.
+    """
+    if not path:
+        return path
+    path = os.fspath(path)
+    return path if is_url(path) else os.path.abspath(path)
+
+
+@contextlib.contextmanager
+def _os_errors(path):
+    """TensorFlow's file errors as OSErrors, as Python's own file calls raise them."""
+    tf = _tf()
+    try:
+        yield
+    except tf.errors.NotFoundError:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), os.fspath(path)) from None
+    except tf.errors.PermissionDeniedError:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path)) from None
+    except tf.errors.OpError as e:
+        reason = (e.message or type(e).__name__).split("; ")[-1]
+        raise OSError(errno.EIO, reason, os.fspath(path)) from None
+
+
+# ------------------------------------------------------------------------------------ queries
+
+def exists(path) -> bool:
+    return _tf().io.gfile.exists(os.fspath(path))
+
+
+def isdir(path) -> bool:
+    return _tf().io.gfile.isdir(os.fspath(path))
+
+
+def isfile(path) -> bool:
+    return exists(path) and not isdir(path)
+
+
+def glob(pattern) -> list[str]:
+    """The paths matching `pattern`, sorted; [] when its folder does not exist."""
+    with _os_errors(pattern):
+        return sorted(_tf().io.gfile.glob(os.fspath(pattern)))
+
+
+def mtime(path) -> float:
+    """Modification time in seconds. On a local disk from `os.stat`: gfile's local stat drops the
+    fraction of a second, so a file rewritten within the same second would look unchanged."""
+    path = os.fspath(path)
+    if not is_url(path):
+        return os.path.getmtime(path)
+    with _os_errors(path):
+        return _tf().io.gfile.stat(path).mtime_nsec / 1e9
+
+
+# ------------------------------------------------------------------------------------ folders
+
+def makedirs(path) -> None:
+    """Creates `path` and its parents; an existing folder is fine."""
+    with _os_errors(path):
+        _tf().io.gfile.makedirs(os.fspath(path))
+
+
+def remove(path) -> None:
+    with _os_errors(path):
+        _tf().io.gfile.remove(os.fspath(path))
+
+
+def rmtree(path) -> None:
+    """Deletes a folder and everything in it; a missing one is no error."""
+    with _os_errors(path), contextlib.suppress(_tf().errors.NotFoundError):
+        _tf().io.gfile.rmtree(os.fspath(path))
+
+
+def publish_dir(final, write: Callable[[str], object], *, replace: bool = True) -> str:
+    """Has `write(folder)` fill the folder `final`, which no reader then sees half-written; returns it.
+
+    Locally `write` fills a sibling of a temporary name of its own, renamed to `final` when complete
+    (a rename is atomic on a local file system). On an object store `write` fills `final` itself:
+    there a folder is only a prefix of object names and renaming one copies every object, neither
+    atomic nor cheap, so readers tell a complete folder by a file written once the rest is there (a
+    SavedModel's saved_model.pb, as TensorFlow documents; the demo's cases.csv). `replace=False`
+    keeps an existing `final` (another process published it first) and drops this copy.
+    """
+    final = os.fspath(final)
+    if not replace and exists(final):
+        return final
+    if is_url(final):
+        rmtree(final)
+        write(final)
+        return final
+    tmp = _temp_name(final)
+    try:
+        write(tmp)
+        if replace:
+            rmtree(final)
+        try:
+            with _os_errors(final):
+                _tf().io.gfile.rename(tmp, final)
+        except OSError:
+            if replace or not exists(final):
+                raise
+    finally:
+        rmtree(tmp)  # gone after the rename; what a failed `write` left otherwise
+    return final
+
+
+# ------------------------------------------------------------------------------------ files
+
+def read_bytes(path) -> bytes:
+    with _os_errors(path), _tf().io.gfile.GFile(os.fspath(path), "rb") as f:
+        return f.read()
+
+
+def read_text(path) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+def read_json(path):
+    return json.loads(read_text(path))
+
+
+def load_npz(path) -> dict:
+    """The arrays of an .npz file (no pickled objects); ValueError for a file that is not one."""
+    buffer = io.BytesIO(read_bytes(path))
+    try:
+        data = np.load(buffer, allow_pickle=False)
+    except (EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"not an .npz archive ({e or type(e).__name__})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError("not an .npz archive (a single .npy array)")
+    with data:
+        return {key: data[key] for key in data.files}
+
+
+def _temp_name(path: str) -> str:
+    """A sibling name no other writer picks: this process's id and a random token."""
+    return f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
+
+
+def _parent(path: str) -> str | None:
+    """The folder of `path`; None at the top of a bucket, where there is none to create."""
+    if not is_url(path):
+        return os.path.dirname(os.path.abspath(path))
+    start, head = path.index("://") + 3, path.rpartition("/")[0]
+    return head if len(head) > start and "/" in head[start:] else None
+
+
+def write_bytes(path, data: bytes) -> None:
+    """Replaces the file at `path` at once: readers see the old content or the new, never a part.
+
+    Its folder is created first (in a bucket a folder marker, which listing and deleting a folder use).
+    """
+    path = os.fspath(path)
+    gfile = _tf().io.gfile
+    with _os_errors(path):
+        if parent := _parent(path):
+            gfile.makedirs(parent)
+        if is_url(path):
+            if path.startswith("ram://") and gfile.exists(path):
+                gfile.remove(path)  # TensorFlow's in-memory file system appends to an existing file
+            with gfile.GFile(path, "wb") as f:
+                f.write(data)
+            return
+        tmp = _temp_name(path)
+        try:
+            with gfile.GFile(tmp, "wb") as f:
+                f.write(data)
+            gfile.rename(tmp, path, overwrite=True)
+        finally:
+            if gfile.exists(tmp):
+                gfile.remove(tmp)
+
+
+def write_text(path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path, obj, **dumps_args) -> None:
+    """`obj` as JSON (indented by 2 unless `dumps_args` say otherwise), written atomically."""
+    write_text(path, json.dumps(obj, **{"indent": 2, **dumps_args}))
+
+
+def write_npz(path, arrays: dict, *, compressed: bool = False) -> None:
+    """`arrays` as an .npz file, written atomically."""
+    buffer = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buffer, **arrays)
+    write_bytes(path, buffer.getvalue())
