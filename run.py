@@ -62,7 +62,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from simclr_med.errors import SimclrMedError
+    from simclr_med.errors import SimclrMedError, storage_error
 
     cfg = config_from(FLAGS)
     try:
@@ -84,7 +84,11 @@ def main(argv):
             summary = experiment.run(cfg)
     except SimclrMedError as e:
         _fail(e)
-    except tf.errors.ResourceExhaustedError as e:
+    except (OSError, tf.errors.OpError) as e:  # a read-only, full or forbidden folder: path and reason
+        if (storage := storage_error(e, cfg.model_dir)) is not None:
+            _fail(storage)
+        if not isinstance(e, tf.errors.ResourceExhaustedError):
+            raise
         _fail(_out_of_memory(e, cfg))
     if summary.get("train", {}).get("preempted"):
         sys.exit(143)  # stopped by SIGTERM after saving; rerun to resume

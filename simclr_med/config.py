@@ -20,10 +20,15 @@ from simclr_med.errors import ConfigError
 _NOT_ONE_OF = "--{flag}={value!r} is not one of {choices}"
 
 
-def _field(default, help: str, choices: Iterable | None = None, error: str | None = None):
-    """A Config field with its help text and, when it has a fixed set of values, those values."""
+def _field(default, help: str, choices: Iterable | None = None, error: str | None = None,
+           bookkeeping: bool = False):
+    """A Config field with its help text and, when it has a fixed set of values, those values.
+
+    `bookkeeping`: the field says where files are, how the run is logged, which hardware runs it or what
+    an evaluation reads, not what is trained, so a resumed run or harness rerun may change it.
+    """
     metadata = {"help": help, "choices": tuple(choices) if choices is not None else None,
-                "error": error or _NOT_ONE_OF}
+                "error": error or _NOT_ONE_OF, "bookkeeping": bookkeeping}
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -31,7 +36,7 @@ def _field(default, help: str, choices: Iterable | None = None, error: str | Non
 class Config:
     # What to do.
     mode: str = _field("train", "what to do (sweep: LR × weight-decay grid for fine-tuning)",
-                       choices=("train", "eval", "train_then_eval", "export", "sweep"))
+                       choices=("train", "eval", "train_then_eval", "export", "sweep"), bookkeeping=True)
     train_mode: str = _field(
         "pretrain", "pretrain: SimCLR/MICLe; finetune: end to end; lineareval: frozen encoder",
         choices=("pretrain", "finetune", "lineareval"))
@@ -42,12 +47,13 @@ class Config:
     # Data.
     dataset: str = _field("demo", "demo | derm_cases/generic | derm_cases/scin | derm_cases/ham10000 | "
                                   "chexpert_v1 | nih_chestxray14")
-    data_dir: str = _field("", "where TFDS datasets are built and read (default: <model_dir>/data)")
-    manual_dir: str = _field("", "the user's manual download for the TFDS builder")
+    data_dir: str = _field("", "where TFDS datasets are built and read (default: <model_dir>/data)",
+                           bookkeeping=True)
+    manual_dir: str = _field("", "the user's manual download for the TFDS builder", bookkeeping=True)
     train_split: str = _field("train", "split to train on")
-    eval_split: str = _field("test", "split to evaluate on")
+    eval_split: str = _field("test", "split to evaluate on", bookkeeping=True)
     eval_dataset: str = _field("", "evaluate on another dataset (zero-shot, e.g. nih_chestxray14 for a "
-                                   "CheXpert model)")
+                                   "CheXpert model)", bookkeeping=True)
     image_size: int = _field(64, "input resolution (paper: 224; Derm fine-tuning 448)")
     # augment.PRESETS' names, in augment.get_preset's wording (a test keeps them equal: importing augment
     # here would load TensorFlow before the flags are checked).
@@ -60,7 +66,7 @@ class Config:
         1.0, "fraction of labelled cases used for fine-tuning, chosen by case/patient")
     uncertainty_policy: str = _field("mixed", "CheXpert uncertain labels",
                                      choices=("mixed", "u_ones", "u_zeros", "u_ignore"))
-    cache_dataset: bool = _field(False, "cache decoded examples in memory")
+    cache_dataset: bool = _field(False, "cache decoded examples in memory", bookkeeping=True)
     pixel_bits: int = _field(0, "bits per sample of 16-bit PNGs (12 for most hospital exports): the build "
                                 "rescales them to full range; 0: each image's own (its sBIT chunk, else "
                                 "its maximum rounded up to a bit depth), recorded in the build's metadata")
@@ -93,35 +99,39 @@ class Config:
     train_batch_size: int = _field(256, "global batch size (cases for MICLe, images otherwise)")
     train_steps: int = _field(0, "training steps (overrides --train_epochs when > 0)")
     train_epochs: int = _field(100, "training epochs")
-    eval_batch_size: int = _field(256, "batch size for evaluation")
+    eval_batch_size: int = _field(256, "batch size for evaluation", bookkeeping=True)
 
     # Runtime.
-    model_dir: str = _field("", "run directory: checkpoints, TensorBoard logs, results, exports")
-    checkpoint_steps: int = _field(1000, "save a checkpoint every N steps")
-    keep_checkpoint_max: int = _field(5, "checkpoints kept on disk")
-    log_steps: int = _field(50, "TensorBoard scalars every N steps")
-    steps_per_execution: int = _field(1, "training steps per tf.function call")
-    strategy: str = _field("default", "distribution strategy", choices=("default", "mirrored", "tpu"))
-    tpu: str = _field("", "TPU name or address (--strategy=tpu)")
-    num_logical_devices: int = _field(0, "split the CPU into N logical devices (testing MirroredStrategy)")
+    model_dir: str = _field("", "run directory: checkpoints, TensorBoard logs, results, exports",
+                            bookkeeping=True)
+    checkpoint_steps: int = _field(1000, "save a checkpoint every N steps", bookkeeping=True)
+    keep_checkpoint_max: int = _field(5, "checkpoints kept on disk", bookkeeping=True)
+    log_steps: int = _field(50, "TensorBoard scalars every N steps", bookkeeping=True)
+    steps_per_execution: int = _field(1, "training steps per tf.function call", bookkeeping=True)
+    strategy: str = _field("default", "distribution strategy", choices=("default", "mirrored", "tpu"),
+                           bookkeeping=True)
+    tpu: str = _field("", "TPU name or address (--strategy=tpu)", bookkeeping=True)
+    num_logical_devices: int = _field(0, "split the CPU into N logical devices (testing MirroredStrategy)",
+                                      bookkeeping=True)
     precision: str = _field(
         "float32", "compute precision", choices=("float32", "mixed_bfloat16", "mixed_float16"))
-    use_xla: bool = _field(False, "compile train steps with XLA (faster on GPU/TPU, slower on CPU)")
+    use_xla: bool = _field(False, "compile train steps with XLA (faster on GPU/TPU, slower on CPU)",
+                           bookkeeping=True)
     winograd: bool = _field(
         True, "on CPU in float32, run wide stride-1 3x3 convolutions as Winograd convolutions (faster, "
-              "a little more memory; figures in README Performance)")
+              "a little more memory; figures in README Performance)", bookkeeping=True)
     host_memory_limit_gib: float = _field(
         0.0, "cap TensorFlow's CPU tensor memory at this many GiB, bounding peak RSS (0: no cap; see README "
-             "Performance)")
+             "Performance)", bookkeeping=True)
     seed: int = _field(0, "random seed")
     skip_nonfinite_steps: int = _field(0, "skip up to N steps with NaN/Inf loss before stopping")
-    verbose: int = _field(1, "0 silent, 1 progress bar, 2 one line per chunk")
+    verbose: int = _field(1, "0 silent, 1 progress bar, 2 one line per chunk", bookkeeping=True)
 
     # Fine-tuning grid (--mode=sweep); empty = the paper's grid.
     sweep_learning_rates: str = _field("", "--mode=sweep learning rates, comma-separated (default: 7 "
-                                           "log-spaced 10^-3.5..10^-0.5)")
+                                           "log-spaced 10^-3.5..10^-0.5)", bookkeeping=True)
     sweep_weight_decays: str = _field("", "--mode=sweep weight decays, comma-separated (default: "
-                                          "1e-5,1e-4,1e-3,0)")
+                                          "1e-5,1e-4,1e-3,0)", bookkeeping=True)
 
     def validate(self) -> Config:
         """Reject contradictory settings up front, with the flag named, rather than deep in TF."""
@@ -207,6 +217,15 @@ class Config:
     def field_types(cls) -> dict[str, type]:
         """Field name → bool, int, float or str: the kind of flag run.py defines for it."""
         return {f.name: type(f.default) for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def bookkeeping_fields(cls) -> frozenset[str]:
+        """The fields a resumed run or a harness rerun may change: paths, logging, hardware, evaluation."""
+        return frozenset(name for name, f in _FIELDS.items() if f.metadata["bookkeeping"])
+
+    def training_settings(self) -> dict:
+        """The fields that decide what a run trains (all but the bookkeeping): what its folder records."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.bookkeeping_fields()}
 
     @classmethod
     def choices(cls, name: str) -> tuple | None:

@@ -1,6 +1,7 @@
 """A run from a Config: pretrain / fine-tune / linear-eval, predict, export."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -54,6 +55,8 @@ def _pretrain(cfg: Config, strategy, on_checkpoint=None) -> dict:
         raise DataError(f"--method=micle needs cases with several images, but every example of "
                         f"{cfg.dataset}/{cfg.train_split} has one image; use --method=simclr")
     num_examples = meta.num_examples if cfg.method == "micle" else meta.num_images
+    _check_batch_size(cfg, num_examples, "cases" if cfg.method == "micle" else "images",
+                      "a batch would repeat them, which NT-Xent counts as negatives")
     dataset = lambda start_step: _distribute(strategy, lambda ctx: pipelines.pretrain_dataset(  # noqa: E731
         ds, method=cfg.method, batch_size=cfg.train_batch_size, image_size=cfg.image_size,
         augmentation=cfg.augmentation, color_jitter_strength=cfg.color_jitter_strength,
@@ -66,34 +69,91 @@ def _pretrain(cfg: Config, strategy, on_checkpoint=None) -> dict:
                           on_checkpoint=on_checkpoint, **_loop_args(cfg)), model
 
 
+def _check_batch_size(cfg: Config, count: int, unit: str, harm: str) -> None:
+    """A training batch holds distinct examples: the pipeline cycles through `count` (images, or MICLe's
+    cases) of the train split, so a larger batch holds repeats. Equal is fine: each once per batch."""
+    if cfg.train_batch_size <= count:
+        return
+    fraction = f" at --label_fraction={cfg.label_fraction}" if cfg.train_mode != "pretrain" \
+        and cfg.label_fraction < 1 else ""
+    raise ConfigError(f"--train_batch_size={cfg.train_batch_size} exceeds the {count} {unit} of split "
+                      f"{cfg.train_split!r} of {cfg.dataset}{fraction}: {harm}; use at most {count}")
+
+
 def _loop_args(cfg: Config) -> dict:
     return dict(checkpoint_steps=cfg.checkpoint_steps, keep_checkpoint_max=cfg.keep_checkpoint_max,
                 log_steps=cfg.log_steps, skip_nonfinite_steps=cfg.skip_nonfinite_steps,
                 verbose=cfg.verbose)
 
 
-# Where files are, how the run is logged and which hardware runs it: free to change on a rerun.
-_BOOKKEEPING = ("model_dir", "data_dir", "manual_dir", "cache_dataset", "eval_batch_size",
-                "keep_checkpoint_max", "log_steps", "steps_per_execution", "strategy", "tpu",
-                "num_logical_devices", "use_xla", "winograd", "host_memory_limit_gib", "verbose",
-                "sweep_learning_rates", "sweep_weight_decays")
+# A harness keeps its runs' scores, so what they were scored on is a setting of theirs too.
+_SCORED = ("eval_split", "eval_dataset")
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
 
 
 def check_settings(cfg: Config, **extra) -> None:
     """Records a harness run's settings (`SETTINGS_FILE` in its model_dir) on its first start, and
     refuses to reuse or resume it under other ones: a sweep point or benchmark cell whose spec
-    changed would otherwise be reported with results of the old one."""
-    settings = {k: v for k, v in {**dataclasses.asdict(cfg), **extra}.items() if k not in _BOOKKEEPING}
-    path = os.path.join(cfg.model_dir, SETTINGS_FILE)
-    if not io.exists(path):
-        _write_json(path, settings)
-        return
-    before = io.read_json(path)
-    changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
-    if changed:
-        detail = ", ".join(f"{k}: {before.get(k)!r} -> {settings.get(k)!r}" for k in changed[:3])
-        raise ConfigError(f"{cfg.model_dir} was run with other settings ({detail}); restore them, "
+    changed would otherwise be reported with results of the old one. Its training settings count
+    (`Config.training_settings`), what it is scored on, and `extra`: the harness's own, or bookkeeping
+    fields its scores depend on."""
+    settings = {**cfg.training_settings(), **{k: getattr(cfg, k) for k in _SCORED}, **extra}
+    before = _recorded_settings(cfg.model_dir)
+    if before is not None and (changed := _changes(before, settings)):
+        raise ConfigError(f"{cfg.model_dir} was run with other settings ({_listed(changed)}); restore them, "
                           "or delete the directory to run it anew")
+    _record_settings(cfg.model_dir, before, settings)
+
+
+def _check_resume(cfg: Config) -> None:
+    """A run that resumes from its checkpoints trains on as it started, or not at all: a changed batch
+    size, schedule, model, data or method would otherwise give one run of two recipes, reported as
+    the new one. One line names each changed field; bookkeeping fields (`Config.bookkeeping_fields`)
+    may change. A run without a checkpoint yet starts anew and records its settings."""
+    settings = cfg.training_settings()
+    resumes = bool(io.glob(os.path.join(cfg.model_dir, "ckpt-*.index")))
+    before = _recorded_settings(cfg.model_dir, legacy=resumes)
+    if resumes and before is not None and (changed := _changes(before, settings)):
+        if {"train_steps", "train_epochs"} & changed.keys():
+            advice = ("its learning-rate schedule spans its steps, so a run is not extended: to train on, "
+                      f"start a new --model_dir with --checkpoint={cfg.model_dir}")
+        else:
+            advice = "resume it with those, or use a new --model_dir"
+        raise ConfigError(f"{cfg.model_dir} was run with other settings ({_listed(changed)}); {advice}")
+    _record_settings(cfg.model_dir, before, settings)
+
+
+def _recorded_settings(model_dir: str, legacy: bool = False) -> dict | None:
+    """The settings a run folder recorded; with `legacy`, a run recorded before `SETTINGS_FILE` existed
+    gives the flags of its newest training invocation instead. None when it recorded none."""
+    path = os.path.join(model_dir, SETTINGS_FILE)
+    if io.exists(path):
+        return io.read_json(path)
+    flags = [p for mode in ("train", "train_then_eval")
+             for p in io.glob(os.path.join(model_dir, f"flags_{mode}.json"))] if legacy else []
+    if not flags:
+        return None
+    return {k: v for k, v in io.read_json(max(flags, key=io.mtime)).items()
+            if k in _DEFAULTS and k not in Config.bookkeeping_fields()}
+
+
+def _changes(before: dict, now: dict) -> dict:
+    """{field: (old, new)} for each setting of `now`, and each training field `before` holds, that differs;
+    a field the record lacks (a flag added since) had its default."""
+    keys = now.keys() | {k for k in before if k in _DEFAULTS and k not in Config.bookkeeping_fields()}
+    old, new = ({k: d.get(k, _DEFAULTS.get(k)) for k in keys} for d in (before, now))
+    return {k: (old[k], new[k]) for k in sorted(keys) if old[k] != new[k]}
+
+
+def _listed(changes: dict) -> str:
+    return ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+
+
+def _record_settings(model_dir: str, before: dict | None, settings: dict) -> None:
+    """Writes `settings` over the record, keeping what else it holds (a harness's own settings)."""
+    merged = {**(before or {}), **settings}
+    if merged != before:
+        _write_json(os.path.join(model_dir, SETTINGS_FILE), merged)
 
 
 def _classes(cfg: Config, meta=None, run_dir: str | None = None) -> dict:
@@ -122,6 +182,7 @@ def _classifier(cfg: Config, strategy, classes: dict, num_examples: int):
 
 def _finetune(cfg: Config, strategy, on_checkpoint=None):
     ds, meta = _load(cfg, cfg.dataset, cfg.train_split, cfg.label_fraction)
+    _check_batch_size(cfg, meta.num_images, "images", "a batch would hold some of them twice")
     classes = _classes(cfg, meta)
     dataset = lambda start_step: _distribute(strategy, lambda ctx: pipelines.supervised_dataset(  # noqa: E731
         ds, meta, batch_size=cfg.train_batch_size, image_size=cfg.image_size, augmentation=cfg.augmentation,
@@ -210,17 +271,30 @@ def _export(cfg: Config, strategy, model=None) -> str:
     return path
 
 
+# Modes that write a run's checkpoints or export: one process at a time per run folder. Evaluation only
+# reads them (its result files are written whole), so it may run beside training.
+_WRITING_MODES = ("train", "train_then_eval", "export")
+
+
 def run(cfg: Config, on_checkpoint=None) -> dict:
     """Runs `cfg.mode`; returns a summary (training figures, result, export path).
 
-    `on_checkpoint(model, step)`: see `loop.train` (e.g. validation for early stopping).
+    `on_checkpoint(model, step)`: see `loop.train` (e.g. validation for early stopping). Training and
+    export hold the run folder (`io.run_lock`): another process training or exporting there is refused.
     """
     cfg.validate()
+    with io.run_lock(cfg.model_dir) if cfg.mode in _WRITING_MODES else contextlib.nullcontext():
+        return _run(cfg, on_checkpoint)
+
+
+def _run(cfg: Config, on_checkpoint=None) -> dict:
     if cfg.data_dir == "":
         cfg.data_dir = os.path.join(cfg.model_dir, "data")
     cfg.model_dir, cfg.data_dir = io.run_path(cfg.model_dir), io.run_path(cfg.data_dir)
     cfg.checkpoint = io.run_path(cfg.checkpoint)
     io.makedirs(cfg.model_dir)
+    if cfg.mode in ("train", "train_then_eval"):
+        _check_resume(cfg)  # before this invocation's flags are recorded
     _write_json(os.path.join(cfg.model_dir, f"flags_{cfg.mode}.json"), json.loads(cfg.to_json()))
     keras.utils.set_random_seed(cfg.seed)
     factory.set_precision(cfg.precision)

@@ -11,15 +11,23 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import io
 import json
+import logging
 import os
 import re
+import shlex
+import socket
+import sys
+import time
 import uuid
 import zipfile
 from collections.abc import Callable
 
 import numpy as np
+
+from simclr_med.errors import errno_of
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -54,11 +62,17 @@ def _os_errors(path):
         yield
     except tf.errors.NotFoundError:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), os.fspath(path)) from None
-    except tf.errors.PermissionDeniedError:
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path)) from None
     except tf.errors.OpError as e:
+        # TensorFlow's message ends in the system's reason ("<path>; Read-only file system"): its errno.
         reason = (e.message or type(e).__name__).split("; ")[-1]
-        raise OSError(errno.EIO, reason, os.fspath(path)) from None
+        code = errno_of(reason)
+        if code is None and isinstance(e, tf.errors.PermissionDeniedError):
+            code = errno.EACCES
+        elif code is None and reason.endswith(" is not a directory"):
+            code = errno.ENOTDIR
+        if code is None:
+            raise OSError(errno.EIO, reason, os.fspath(path)) from None
+        raise OSError(code, os.strerror(code), os.fspath(path)) from None  # PermissionError, ...
 
 
 # ------------------------------------------------------------------------------------ queries
@@ -224,3 +238,66 @@ def write_npz(path, arrays: dict, *, compressed: bool = False) -> None:
     buffer = io.BytesIO()
     (np.savez_compressed if compressed else np.savez)(buffer, **arrays)
     write_bytes(path, buffer.getvalue())
+
+
+# ------------------------------------------------------------------------------------ the run's lock
+
+LOCK_FILE = "run.lock"
+_held: set[str] = set()  # the local run folders this process holds
+
+
+@contextlib.contextmanager
+def run_lock(folder):
+    """Holds the run folder `folder` for this process while the block runs: a second process asking for
+    it gets a one-line RunDirInUseError naming the holder (pid, host, since when, command).
+
+    Here, with every other run-folder file access, since only this module tells a local disk from a URL.
+    On a local disk it is an OS lock (`flock`) on `folder/run.lock`, which the system drops when the
+    process ends however it ends (SIGKILL too), so no stale lock outlives a run; the file stays, naming
+    its last holder, and is rewritten in place (the lock belongs to that file, not to a new one). On a URL
+    (gs://, ram://) no lock exists: `checkpoints.check_sole_writer` tells a second writer there from the
+    checkpoint state. Re-entrant within one process.
+    """
+    from simclr_med.errors import RunDirInUseError
+
+    folder = run_path(folder)
+    if is_url(folder) or os.path.realpath(folder) in _held:  # none on a URL; or an outer block holds it
+        yield
+        return
+    key = os.path.realpath(folder)
+    os.makedirs(folder, exist_ok=True)  # the lock is the OS's: no need to load TensorFlow for it
+    path = os.path.join(folder, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirInUseError(f"{folder} is in use by another run ({_holder(fd)}); wait for it to end "
+                                   "or use another --model_dir") from None
+        except OSError as e:  # a file system without locks (some network mounts): checkpoints still tell
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            logging.getLogger(__name__).warning("%s: cannot lock %s (%s); a second run there is noticed only "
+                                                "at its next checkpoint", folder, LOCK_FILE, e.strerror)
+        record = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "since": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": shlex.join(sys.argv)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)
+        _held.add(key)
+        try:
+            yield
+        finally:
+            _held.discard(key)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _holder(fd: int) -> str:
+    """Who holds a lock, as its holder recorded it in the lock file; one line."""
+    try:
+        record = json.loads(os.pread(fd, 65536, 0).decode("utf-8"))
+        command = " ".join(str(record["command"]).split())
+        command = command if len(command) <= 200 else command[:197] + "..."
+        return f"pid {record['pid']} on {record['host']} since {record['since']}: {command}"
+    except (OSError, ValueError, KeyError, TypeError):  # it has not written its record yet
+        return "a process that has not recorded itself yet"

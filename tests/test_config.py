@@ -154,3 +154,16 @@ def test_run_py_rejects_a_bad_choice_before_tensorflow_loads(tmp_path):
     assert done.stderr.strip().splitlines()[-1] == \
         "simclr-med: error: --optimizer='adamw' is not one of lars, sgd, adam"
     assert not (tmp_path / "run").exists()
+
+
+def test_the_fields_a_resumed_run_may_change_are_declared_once_in_the_schema():
+    """Paths, logging, hardware and evaluation: a resume and the harness reruns share this one list, and a
+    new field counts as training until declared otherwise."""
+    assert Config.bookkeeping_fields() == {
+        "mode", "model_dir", "data_dir", "manual_dir", "cache_dataset", "checkpoint_steps",
+        "keep_checkpoint_max", "log_steps", "verbose", "strategy", "tpu", "num_logical_devices", "use_xla",
+        "steps_per_execution", "winograd", "host_memory_limit_gib", "eval_split", "eval_dataset",
+        "eval_batch_size", "sweep_learning_rates", "sweep_weight_decays"}
+    cfg = Config(train_batch_size=8, log_steps=3)
+    assert cfg.training_settings()["train_batch_size"] == 8 and "log_steps" not in cfg.training_settings()
+    assert set(cfg.training_settings()) == set(Config.field_names()) - Config.bookkeeping_fields()

@@ -1,16 +1,24 @@
 """simclr_med.io: atomic JSON/npz writes and folder publishing on a local disk and on an object store
 (`ram://`, which tf.io.gfile serves like gs://), and run paths that stay right in a relative folder."""
+import errno
 import json
 import os
+import socket
+import subprocess
+import sys
 import threading
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from simclr_med import io
+from simclr_med.errors import RunDirInUseError
 from simclr_med.train import checkpoints
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(params=["local", "ram"])
@@ -80,6 +88,27 @@ def test_a_failed_write_keeps_the_old_file_and_no_temporary_file(tmp_path, monke
         io.write_json(path, {"version": 2})
     assert io.read_json(path) == {"version": 1}
     assert os.listdir(tmp_path) == ["state.json"]
+
+
+def test_tensorflow_file_errors_keep_the_system_reason(tmp_path, monkeypatch):
+    """TensorFlow reports a failed system call as `<path>; <strerror>`: the OSError gets that errno, so a
+    full or read-only disk is not reported as a generic I/O error or as "Permission denied"."""
+    path = str(tmp_path / "state.json")
+    for error, reason, code in ((tf.errors.ResourceExhaustedError, "No space left on device", errno.ENOSPC),
+                                (tf.errors.PermissionDeniedError, "Read-only file system", errno.EROFS),
+                                (tf.errors.PermissionDeniedError, "Permission denied", errno.EACCES)):
+        def refuse(name, mode="r", error=error, reason=reason):
+            raise error(None, None, f"{name}; {reason}")
+
+        monkeypatch.setattr(tf.io.gfile, "GFile", refuse)
+        with pytest.raises(OSError) as raised:
+            io.write_json(path, {})
+        assert (raised.value.errno, raised.value.strerror, raised.value.filename) == (code, reason, path)
+    monkeypatch.undo()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError) as raised:
+        io.makedirs(tmp_path / "file" / "run")
+    assert raised.value.filename == str(tmp_path / "file" / "run")
 
 
 def test_parallel_writers_never_share_a_temporary_name(tmp_path, monkeypatch):
@@ -220,3 +249,42 @@ def test_a_checkpoint_state_written_in_a_relative_run_folder_lists_its_checkpoin
     v.assign(0.0)
     resumed.checkpoint.restore(resumed.latest_checkpoint).assert_consumed()
     assert float(v.numpy()) == 4.0 and len(resumed.checkpoints) == 2
+
+
+_HOLD = ("import sys, time\n"
+         "from simclr_med import io\n"
+         "lock = io.run_lock(sys.argv[1])\n"
+         "lock.__enter__()\n"
+         "print('held', flush=True)\n"
+         "time.sleep(600)\n")
+
+
+def test_a_run_folder_lock_names_its_holder_and_ends_with_it(tmp_path):
+    """A second writer is told who holds the folder (pid, host, since when); a SIGKILLed holder leaves no
+    stale lock, since the system drops an OS lock with its process."""
+    folder = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(folder)], cwd=REPO, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(RunDirInUseError) as refused, io.run_lock(folder):
+            pass
+        message = str(refused.value)
+        assert message.startswith(f"{folder} is in use by another run (pid {holder.pid} on "
+                                  f"{socket.gethostname()} since 20"), message
+        assert "\n" not in message and "wait for it to end or use another --model_dir" in message
+    finally:
+        holder.kill()  # SIGKILL: no handler, no cleanup
+        holder.wait()
+    with io.run_lock(folder):
+        assert json.loads((folder / io.LOCK_FILE).read_text())["pid"] == os.getpid()
+
+
+def test_a_run_folder_lock_is_reentrant_and_urls_have_none(tmp_path):
+    with io.run_lock(tmp_path), io.run_lock(str(tmp_path) + "/"):  # one process's nested blocks
+        assert (tmp_path / io.LOCK_FILE).exists()
+    with io.run_lock(tmp_path):  # released by the outer block
+        pass
+    url = f"ram://test_io/{uuid.uuid4().hex}"
+    with io.run_lock(url):
+        assert not io.exists(url)

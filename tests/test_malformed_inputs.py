@@ -103,10 +103,22 @@ The bad inputs covered, where, and what each must say (``*``: tested in another 
 73  CheXpert header without a column                 "row 1: unexpected header, missing column(s) Edema"
 74  NIH image twice with different findings          "row N: '...' is listed twice with different
                                                      findings: 'Edema' (row 6) vs 'Edema|Mass'"
+75  --train_batch_size above the train split's       "--train_batch_size=N exceeds the M images of
+    images (MICLe: cases; fine-tuning: after         split 'train' of ...: a batch would repeat them,
+    --label_fraction)                                ...; use at most M"; a batch of all M works
+76  run folder under a file, read-only, full, not    "simclr-med: error: <path>: Not a directory" /
+    permitted: through io, TensorFlow's event file   "Read-only file system" / "No space left on
+    and checkpoint writers (run.py, in-process)      device" (not the out-of-memory advice) /
+                                                     "Permission denied", exit 2, no traceback
+77  compare / plots / linear_protocol / embeddings   "<cli> error: <path>: <reason>", exit 2 (each
+    / transfer / segmentation output unwritable      command line's own prefix), no traceback
 ==  ===============================================  ================================================
 """
 import csv
+import errno
+import importlib
 import io
+import json
 import os
 import struct
 import subprocess
@@ -118,13 +130,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
 from PIL import Image, PngImagePlugin
 
 from simclr_med import experiment
 from simclr_med.config import Config
 from simclr_med.data import augment, datasets, pipelines
 from simclr_med.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, SimclrMedError
-from simclr_med.evaluation import metrics
+from simclr_med.evaluation import compare, embeddings, linear_protocol, metrics, plots
+from simclr_med.methods import segmentation, transfer
 from simclr_med.models import resnet
 from tests.fixtures import layouts
 from tfds_builders.cxr_labels import CHEXPERT_TASKS, POLICIES
@@ -798,3 +812,159 @@ def test_run_py_prints_one_line_errors_without_traceback(generic, tmp_path):
             assert line.endswith("--host_memory_limit_gib=0.05 is too small: raise it (0: no limit), "
                                  "or lower --train_batch_size / --eval_batch_size / --image_size"), line
     assert not tf.io.gfile.glob(str(tmp_path / "run*" / "ckpt-*"))
+
+
+# --- 75: a batch larger than what the pipeline steps through -----------------------------------------
+
+def test_train_batch_size_above_the_train_split(generic, tmp_path):
+    """The pipeline cycles through the split, so a larger batch holds repeats: NT-Xent would count an
+    image's own copies as negatives. The count is what the pipeline steps through."""
+    root, manual = generic
+    data = dict(data_dir=root / "tfds", manual_dir=manual)
+    train = datasets.load("derm_cases/generic", "train", **data)[1]
+    part = datasets.load("derm_cases/generic", "train", label_fraction=0.5, **data)[1]
+    assert part.num_images < train.num_images and train.num_examples < train.num_images
+    for changes, count, unit, harm, fraction in (
+            (dict(), train.num_images, "images", "which NT-Xent counts as negatives", ""),
+            (dict(method="micle"), train.num_examples, "cases", "which NT-Xent counts as negatives", ""),
+            (dict(train_mode="finetune", label_fraction=0.5), part.num_images, "images",
+             "a batch would hold some of them twice", " at --label_fraction=0.5")):
+        message = run_error(root, manual, ConfigError, train_batch_size=count + 1,
+                            model_dir=str(tmp_path / "run"), **changes)
+        assert message.startswith(f"--train_batch_size={count + 1} exceeds the {count} {unit} of split "
+                                  f"'train' of derm_cases/generic{fraction}: "), message
+        assert harm in message and message.endswith(f"; use at most {count}"), message
+    assert not tf.io.gfile.glob(str(tmp_path / "run" / "ckpt-*"))
+    fields = dict(TINY, dataset="derm_cases/generic", manual_dir=str(manual), data_dir=str(root / "tfds"),
+                  model_dir=str(tmp_path / "all"), train_batch_size=train.num_images)
+    assert experiment.run(Config(**fields))["train"]["final_step"] == 1  # each image once per batch
+
+
+# --- 76, 77: a run or output folder that cannot be written: its path and the reason, one line --------
+
+def _run_py_here(monkeypatch, capsys, tmp_path, *argv) -> str:
+    """run.py's main in this process (absl's parser on a fresh flag registry): the error line it prints,
+    after checking that it exits 2 without a traceback."""
+    run_py = importlib.import_module("run")  # the repo root is on sys.path (conftest)
+    flag_values = flags.FlagValues()
+    run_py.define_flags(flag_values)
+    flag_values(["run.py", *argv])
+    monkeypatch.setattr(run_py, "FLAGS", flag_values)
+    for name in ("KERAS_HOME", "MPLCONFIGDIR"):  # main sets them for its process: keep this one's
+        monkeypatch.setenv(name, os.environ.get(name, str(tmp_path / name)))
+    with pytest.raises(SystemExit) as done:
+        run_py.main(["run.py"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "Traceback" not in err, err
+    [line] = [ln for ln in err.splitlines() if ln.startswith("simclr-med: error:")]
+    return line
+
+
+def _generic_flags(generic) -> list[str]:
+    root, manual = generic
+    return ["--dataset=derm_cases/generic", f"--manual_dir={manual}", f"--data_dir={root / 'tfds'}",
+            *(f"--{k}={v}" for k, v in TINY.items())]
+
+
+def test_unwritable_run_folder_is_one_line(generic, tmp_path, monkeypatch, capsys):
+    """A run folder under a file fails for real; read-only, full and not permitted are TensorFlow's file
+    errors (`<path>; <reason>`) raised by the writes of simclr_med.io (root ignores chmod)."""
+    (tmp_path / "file").write_text("a file where a folder should be")
+    under_file = tmp_path / "file" / "run"
+    assert _run_py_here(monkeypatch, capsys, tmp_path, *_generic_flags(generic), f"--model_dir={under_file}"
+                        ) == f"simclr-med: error: {under_file}: Not a directory"
+    real = tf.io.gfile.GFile
+    for error, reason in ((tf.errors.PermissionDeniedError, "Read-only file system"),
+                          (tf.errors.ResourceExhaustedError, "No space left on device"),
+                          (tf.errors.PermissionDeniedError, "Permission denied")):
+        run = tmp_path / reason.split()[0]
+
+        def refuse(name, mode="r", run=run, error=error, reason=reason):
+            if "w" in mode and str(name).startswith(str(run)):
+                raise error(None, None, f"{name}; {reason}")
+            return real(name, mode)
+
+        monkeypatch.setattr(tf.io.gfile, "GFile", refuse)
+        line = _run_py_here(monkeypatch, capsys, tmp_path, *_generic_flags(generic), f"--model_dir={run}")
+        assert line.startswith(f"simclr-med: error: {run}{os.sep}"), line
+        assert line.endswith(f".json: {reason}"), line
+
+
+def test_tensorflow_writers_failing_is_one_line(generic, tmp_path, monkeypatch, capsys):
+    """TensorFlow's own writers raise its errors, not OSError: the event file writer (for real, its
+    folder taken by a file) and the checkpoint writer on a full disk, which is ResourceExhaustedError
+    like running out of memory but must not get the out-of-memory advice."""
+    run = tmp_path / "events"
+    run.mkdir()
+    (run / "train").write_text("where the TensorBoard events go")
+    assert _run_py_here(monkeypatch, capsys, tmp_path, *_generic_flags(generic), f"--model_dir={run}"
+                        ) == f"simclr-med: error: {run}: Not a directory"
+    run = tmp_path / "full"
+    part = f"{run}/ckpt-1_temp/part-00000-of-00001.data-00000-of-00001.tempstate123"
+
+    def disk_full(self, *args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, (
+            "{{function_node __wrapped__SaveV2_dtypes_9_device_/job:localhost/replica:0/task:0/device:CPU:0}}"
+            " "
+            f"{part}; No space left on device [Op:SaveV2] name: "))
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", disk_full)
+    assert _run_py_here(monkeypatch, capsys, tmp_path, *_generic_flags(generic), f"--model_dir={run}"
+                        ) == f"simclr-med: error: {part}: No space left on device"
+
+
+def test_other_command_lines_name_an_unwritable_output(tmp_path, monkeypatch, capsys):
+    """Each command line prints one line for a failed write, as run.py does: the outputs of compare,
+    plots and linear_protocol under a file for real; embeddings, transfer and segmentation given the
+    error their writes would raise."""
+    (tmp_path / "file").write_text("a file where a folder should be")
+    out = tmp_path / "file" / "out"
+    results = []
+    for name, value in (("a", 0.6), ("b", 0.7)):
+        for seed in range(2):
+            results.append(tmp_path / f"{name}_{seed}.json")
+            results[-1].write_text(json.dumps({"top1_accuracy": value + seed / 100, "label_fraction": 1.0,
+                                               "init": name, "seed": seed}))
+    x = np.random.default_rng(0).normal(size=(40, 4)).astype("float32")
+    np.savez(tmp_path / "emb.npz", embeddings=x, labels=np.arange(40) % 2)
+
+    def failing(error):
+        def fail(*args, **kwargs):
+            raise error
+        return fail
+
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{out}/emb.npz")
+    monkeypatch.setattr(embeddings, "extract", failing(full))
+    denied = tf.errors.PermissionDeniedError(None, None,
+                                             f"{out}/cell/ckpt-1.index.tempstate1; Permission denied")
+    monkeypatch.setattr(transfer, "run", failing(denied))
+    read_only = OSError(errno.EROFS, os.strerror(errno.EROFS), f"{out}/result.json")
+    monkeypatch.setattr(segmentation, "train_segmentation", failing(read_only))
+    cases = [
+        (lambda: compare.main(["--runs", f"a={tmp_path}/a_*.json", "--runs", f"b={tmp_path}/b_*.json",
+                               "--output", f"{out}/report.json"]),
+         f"compare: error: {out}/report.json: Not a directory"),
+        (lambda: plots.main(["label-efficiency", *map(str, results), "--metric", "top1_accuracy",
+                             "--output", f"{out}/curve.png"]),
+         f"plots: error: {out}/curve.png: Not a directory"),
+        (lambda: linear_protocol.main(["--embeddings", str(tmp_path / "emb.npz"), "--test",
+                                       str(tmp_path / "emb.npz"), "--output", f"{out}/linear.json",
+                                       "--small", "4", "--medium", "8", "--folds", "2",
+                                       "--model", "sklearn"]),
+         f"error: {out}/linear.json: Not a directory"),
+        (lambda: embeddings.main(["--source", "run", "--dataset", "demo", "--split", "test", "--data_dir",
+                                  str(tmp_path), "--output", f"{out}/emb.npz"]),
+         f"simclr-med: error: {out}/emb.npz: No space left on device"),
+        (lambda: transfer.main(["--spec", "spec.json", "--root", str(out)]),
+         f"simclr-med: error: {out}/cell/ckpt-1.index.tempstate1: Permission denied"),
+        (lambda: segmentation.main(["--manual_dir", "m", "--data_dir", "d", "--model_dir", str(out)]),
+         f"simclr-med: error: {out}/result.json: Read-only file system"),
+    ]
+    for call, expected in cases:
+        try:
+            code = call()
+        except SystemExit as e:  # argparse's exit (linear_protocol)
+            code = e.code
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err, (expected, err)
+        assert err.strip().splitlines()[-1] == expected, err

@@ -2,8 +2,8 @@
 
 One tiny pretraining run, a fine-tuning run initialised from it (train, evaluate and export in
 one command), the exported SavedModel checked against the evaluated model and run by
-`saved_model_cli`, and (slow) the pretraining command rerun with more steps to check that it
-resumes (test_preemption covers resuming after kills).
+`saved_model_cli`, and the pretraining command rerun with more steps, which is refused (its
+schedule spans its steps; test_preemption covers resuming after kills).
 """
 import csv
 import json
@@ -149,10 +149,14 @@ def test_saved_model_cli_runs_the_export(runs):
     assert "Result for output key embedding:" in out
 
 
-@pytest.mark.slow
-def test_pretraining_command_rerun_with_more_steps_resumes(runs):
+def test_pretraining_command_rerun_with_more_steps_is_refused_saying_how_to_train_on(runs):
+    """The learning-rate schedule spans --train_steps: a run is not extended, but continued from anew."""
     root, _, pretrain, _ = runs
-    log = finish(start(pretrain + ["--train_steps=4"], root))
-    assert f"training {root / 'pretrain'} from step 2 to 4" in log
-    assert tf.train.latest_checkpoint(str(root / "pretrain")).endswith("ckpt-4")
-    assert json.loads((root / "pretrain" / "result.json").read_text())["global_step"] == 4
+    proc = start(pretrain + ["--train_steps=4"], root)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in out, out[-3000:]
+    assert (f"simclr-med: error: {root / 'pretrain'} was run with other settings (train_steps: 2 -> 4); "
+            f"its learning-rate schedule spans its steps, so a run is not extended: to train on, start a new "
+            f"--model_dir with --checkpoint={root / 'pretrain'}\n") in out, out[-3000:]
+    assert tf.train.latest_checkpoint(str(root / "pretrain")).endswith("ckpt-2")
+    assert json.loads((root / "pretrain" / "result.json").read_text())["global_step"] == 2

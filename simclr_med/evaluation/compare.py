@@ -21,6 +21,7 @@ import numpy as np
 
 from simclr_med import io
 from simclr_med.data.labels import CHEXPERT_TASKS
+from simclr_med.errors import storage_errors
 from simclr_med.evaluation import metrics as metrics_lib
 from simclr_med.evaluation import statistics, tables
 
@@ -172,20 +173,21 @@ def _ttest_or_none(a, b, alpha) -> dict | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
-        report = {"settings": {"bootstrap": args.bootstrap, "seed": args.seed,
-                               "alpha": args.alpha, "by_case": args.by_case}}
-        if args.predictions:
-            report.update(_compare_files(args))
-        if args.runs:
-            report["runs"] = _compare_runs(args)
+        with storage_errors(args.output):
+            report = {"settings": {"bootstrap": args.bootstrap, "seed": args.seed,
+                                   "alpha": args.alpha, "by_case": args.by_case}}
+            if args.predictions:
+                report.update(_compare_files(args))
+            if args.runs:
+                report["runs"] = _compare_runs(args)
+            report = tables.to_jsonable(report)
+            print(tables.format_report(report))
+            if args.output:
+                io.write_json(args.output, report, allow_nan=False)
+                print(f"\nwrote {args.output}")
     except (ValueError, OSError) as err:
         print(f"compare: error: {err}", file=sys.stderr)
         return 2
-    report = tables.to_jsonable(report)
-    print(tables.format_report(report))
-    if args.output:
-        io.write_json(args.output, report, allow_nan=False)
-        print(f"\nwrote {args.output}")
     return 0
 
 

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from simclr_med import io
 from simclr_med.data import augment, datasets
-from simclr_med.errors import CheckpointError, DataError, SimclrMedError
+from simclr_med.errors import CheckpointError, DataError, SimclrMedError, storage_errors
 from simclr_med.evaluation import metrics
 from simclr_med.models import resnet
 from simclr_med.train import checkpoints
@@ -230,11 +230,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        out = extract(args.source, args.dataset, args.split, data_dir=args.data_dir, output=args.output,
-                      manual_dir=args.manual_dir, image_size=args.image_size, resnet_depth=args.resnet_depth,
-                      width_multiplier=args.width_multiplier, batch_size=args.batch_size,
-                      label_fraction=args.label_fraction, seed=args.seed,
-                      uncertainty_policy=args.uncertainty_policy)
+        with storage_errors(args.output):
+            out = extract(args.source, args.dataset, args.split, data_dir=args.data_dir, output=args.output,
+                          manual_dir=args.manual_dir, image_size=args.image_size,
+                          resnet_depth=args.resnet_depth, width_multiplier=args.width_multiplier,
+                          batch_size=args.batch_size, label_fraction=args.label_fraction, seed=args.seed,
+                          uncertainty_policy=args.uncertainty_policy)
     except (SimclrMedError, ValueError) as e:
         print(f"simclr-med: error: {e}", file=sys.stderr)
         return 2

@@ -21,7 +21,7 @@ import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
 from simclr_med import io
-from simclr_med.errors import DataError
+from simclr_med.errors import DataError, StorageError, storage_errors
 from simclr_med.evaluation import metrics
 
 DEFAULT_SIZES = {"S": 10, "M": 100, "F": None}  # examples per class; None = all
@@ -288,17 +288,18 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:
-        x_train, y_train = load_npz(args.embeddings)
-        x_test, y_test = load_npz(args.test)
-        result = run_protocol(
-            x_train, y_train, x_test, y_test,
-            sizes={"S": args.small, "M": args.medium, "F": args.full}, folds=args.folds,
-            seed=args.seed, model=args.model, graded=args.graded, balance=args.balance,
-            learning_rate=args.learning_rate, epochs=args.epochs,
-        )
-    except ValueError as e:
+        with storage_errors(args.output):
+            x_train, y_train = load_npz(args.embeddings)
+            x_test, y_test = load_npz(args.test)
+            result = run_protocol(
+                x_train, y_train, x_test, y_test,
+                sizes={"S": args.small, "M": args.medium, "F": args.full}, folds=args.folds,
+                seed=args.seed, model=args.model, graded=args.graded, balance=args.balance,
+                learning_rate=args.learning_rate, epochs=args.epochs,
+            )
+            io.write_json(args.output, result)
+    except (ValueError, StorageError) as e:
         p.exit(2, f"error: {e}\n")
-    io.write_json(args.output, result)
     for name, r in result.items():
         if "kappa" not in r:
             kappa = ""

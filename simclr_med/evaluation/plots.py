@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
 
 from simclr_med import io
-from simclr_med.errors import DataError
+from simclr_med.errors import DataError, storage_errors
 from simclr_med.evaluation.metrics import load_result
 
 RESULT_FILE_KEY = "result_file"  # added by load_results so errors can name the file
@@ -249,18 +249,19 @@ def _parse_args(argv):
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
-        if args.command == "label-efficiency":
-            group_by = None if args.group_by is None else [
-                f.strip() for f in args.group_by.split(",") if f.strip()]
-            data = plot_label_efficiency(load_results(args.results), args.metric, args.output,
-                                         args.x, group_by, args.title)
-            for label, d in data.items():
-                print(f"{label}: " + ", ".join(f"{x:g}: {m:.4f}±{s:.4f} (n={n})" for x, m, s, n
-                                               in zip(d["x"], d["mean"], d["std"], d["n"])))
-        else:
-            embeddings, groups = load_embeddings(args.embeddings, args.color_by,
-                                                 args.max_points, args.seed)
-            plot_tsne(embeddings, groups, args.output, args.perplexity, args.seed, args.title)
+        with storage_errors(args.output):
+            if args.command == "label-efficiency":
+                group_by = None if args.group_by is None else [
+                    f.strip() for f in args.group_by.split(",") if f.strip()]
+                data = plot_label_efficiency(load_results(args.results), args.metric, args.output,
+                                             args.x, group_by, args.title)
+                for label, d in data.items():
+                    print(f"{label}: " + ", ".join(f"{x:g}: {m:.4f}±{s:.4f} (n={n})" for x, m, s, n
+                                                   in zip(d["x"], d["mean"], d["std"], d["n"])))
+            else:
+                embeddings, groups = load_embeddings(args.embeddings, args.color_by,
+                                                     args.max_points, args.seed)
+                plot_tsne(embeddings, groups, args.output, args.perplexity, args.seed, args.title)
     except (ValueError, OSError) as err:
         print(f"plots: error: {err}", file=sys.stderr)
         return 2

@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     --model_dir R [--encoder_checkpoint RUN]`."""
     import argparse
 
-    from simclr_med.errors import SimclrMedError
+    from simclr_med.errors import SimclrMedError, storage_errors
 
     p = argparse.ArgumentParser(
         description="U-Net with a ResNet encoder, Dice loss, on a seg_masks manual dir.")
@@ -107,12 +107,13 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:
-        result = train_segmentation(
-            data_dir=args.data_dir, manual_dir=args.manual_dir, depth=args.resnet_depth,
-            width_multiplier=args.width_multiplier, image_size=args.image_size,
-            batch_size=args.batch_size, steps=args.train_steps, learning_rate=args.learning_rate,
-            encoder_checkpoint=args.encoder_checkpoint, model_dir=args.model_dir,
-            num_classes=args.num_classes, seed=args.seed, verbose=1)
+        with storage_errors(args.model_dir):
+            result = train_segmentation(
+                data_dir=args.data_dir, manual_dir=args.manual_dir, depth=args.resnet_depth,
+                width_multiplier=args.width_multiplier, image_size=args.image_size,
+                batch_size=args.batch_size, steps=args.train_steps, learning_rate=args.learning_rate,
+                encoder_checkpoint=args.encoder_checkpoint, model_dir=args.model_dir,
+                num_classes=args.num_classes, seed=args.seed, verbose=1)
     except SimclrMedError as e:
         print(f"simclr-med: error: {e}", file=sys.stderr)
         return 2

@@ -45,7 +45,7 @@ import tensorflow as tf
 from simclr_med import config, experiment, io
 from simclr_med.config import Config
 from simclr_med.data import datasets
-from simclr_med.errors import CheckpointError, ConfigError, DataError, SimclrMedError
+from simclr_med.errors import CheckpointError, ConfigError, DataError, SimclrMedError, storage_errors
 from simclr_med.evaluation import metrics, predict, statistics, tables
 from simclr_med.methods import sweep
 from simclr_med.train import checkpoints, factory
@@ -293,7 +293,9 @@ def _prune(model_dir: str, best_step: int) -> None:
 def run_cell(cfg: Config, early: EarlyStopping | None, metric: str | None) -> str:
     """Runs one cell unless its result.json exists: "skipped", "done" or "preempted" (SIGTERM)."""
     # Results of two settings in one table would compare nothing.
-    experiment.check_settings(cfg, early_stopping=dataclasses.asdict(early) if early else None)
+    # With early stopping, checkpoint_steps is how often a cell is scored.
+    experiment.check_settings(cfg, early_stopping=dataclasses.asdict(early) if early else None,
+                              **({"checkpoint_steps": cfg.checkpoint_steps} if early else {}))
     if io.exists(os.path.join(cfg.model_dir, "result.json")):
         return "skipped"
     try:
@@ -427,7 +429,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        table = run(args.spec, args.root)
+        with storage_errors(args.root):
+            table = run(args.spec, args.root)
     except SimclrMedError as e:
         print(f"simclr-med: error: {e}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from simclr_med import io
-from simclr_med.errors import CheckpointError
+from simclr_med.errors import CheckpointError, RunDirInUseError
 from simclr_med.train import simclr_tf1
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,23 @@ def write_state(model_dir: str, names: list[str]) -> None:
             last_preserved_timestamp=last_preserved)
     finally:
         logger.setLevel(level)
+
+
+def newest_listed(model_dir: str) -> str | None:
+    """The name of the newest checkpoint the state file lists, as it is on the store now; None if none."""
+    state = tf.train.get_checkpoint_state(model_dir)
+    return os.path.basename(state.model_checkpoint_path) if state and state.model_checkpoint_path else None
+
+
+def check_sole_writer(model_dir: str, expected: str | None) -> None:
+    """Before a save: the newest listed checkpoint must be `expected`, the one this process last saved or
+    found there. Otherwise another process writes the folder, and the two would overwrite each other's
+    checkpoints. A local run folder is locked (`io.run_lock`); on a URL, where no lock exists, this is how a
+    second writer shows, at the first save after it wrote."""
+    if (found := newest_listed(model_dir)) != expected:
+        raise RunDirInUseError(
+            f"{model_dir}: another process writes this run folder (its newest checkpoint is {found}, not "
+            f"{expected or 'none'} as this run left it); stopped without saving: one run per --model_dir")
 
 
 def step_of(prefix: str) -> int:
@@ -124,13 +141,17 @@ def restore_latest(manager: tf.train.CheckpointManager) -> int:
     """
     unreadable = []
     for path in reversed(manager.checkpoints):
+        status = None
         try:
-            manager.checkpoint.restore(path).assert_existing_objects_matched()
+            status = manager.checkpoint.restore(path)
+            status.assert_existing_objects_matched()
         except _UNREADABLE as e:
+            _quiet_failed_restore(status, e)
             log.warning("skipping unreadable checkpoint %s (%s)", path, _first_line(e))
             unreadable.append(path)
             continue
         except (ValueError, AssertionError) as e:
+            _quiet_failed_restore(status, e)
             raise CheckpointError(
                 f"{path}: cannot resume from this checkpoint ({_first_line(e)}); it was written by a "
                 "different model (depth/width/head/dataset) — use a new --model_dir") from None
@@ -142,6 +163,22 @@ def restore_latest(manager: tf.train.CheckpointManager) -> int:
                               f"({', '.join(unreadable)}); "
                               "delete them to start from step 0, or use a new --model_dir")
     return 0
+
+
+def _quiet_failed_restore(status, error: Exception) -> None:
+    """Keeps a failed restore to its one-line error: TensorFlow's restore coordinator, when garbage
+    collected, logs every checkpoint value it did not restore (a ResNet's worth of lines, at exit). Marking
+    the restore partial, as `status.expect_partial()` does, silences it; when `restore` itself raised
+    (tensors of other shapes) there is no status, and the coordinator is a local of the failing frames
+    (found by class name: tests/train/test_loop.py fails if a TensorFlow upgrade renames it)."""
+    if status is not None:
+        status.expect_partial()
+    frame = error.__traceback__
+    while frame is not None:
+        for value in frame.tb_frame.f_locals.values():
+            if type(value).__name__ == "_CheckpointRestoreCoordinator":
+                value.expect_partial = True
+        frame = frame.tb_next
 
 
 def _first_line(e: Exception) -> str:

@@ -52,6 +52,7 @@ class StepCheckpoint(keras.callbacks.Callback):
 
     `on_checkpoint(model, step)`, if given, runs after each save but a preemption's (the grace period
     is for saving), and stops training by returning True: online early stopping on the saved state.
+    Before each save, `checkpoints.check_sole_writer` stops the run if another process saved meanwhile.
     """
 
     def __init__(self, manager: tf.train.CheckpointManager, every: int, total_steps: int,
@@ -62,6 +63,7 @@ class StepCheckpoint(keras.callbacks.Callback):
         self.total_steps = total_steps
         self.on_checkpoint = on_checkpoint
         self.last_saved = None
+        self.newest = checkpoints.newest_listed(manager.directory)  # what check_sole_writer expects
         self.preempted = False
         self._previous_handler = None
         self._handling = False
@@ -82,7 +84,8 @@ class StepCheckpoint(keras.callbacks.Callback):
     def save(self):
         step = _step(self.model)
         if step != self.last_saved:
-            self.manager.save(checkpoint_number=step)
+            checkpoints.check_sole_writer(self.manager.directory, self.newest)
+            self.newest = os.path.basename(self.manager.save(checkpoint_number=step))
             self.last_saved = step
             if self.on_checkpoint is not None and not self.preempted and self.on_checkpoint(self.model, step):
                 self.model.stop_training = True

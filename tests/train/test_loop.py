@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from simclr_med.config import Config
-from simclr_med.errors import CheckpointError, NonFiniteLossError
+from simclr_med.errors import CheckpointError, NonFiniteLossError, RunDirInUseError
 from simclr_med.train import checkpoints, factory, loop
 
 
@@ -195,3 +195,52 @@ def test_classifier_trains_and_lineareval_freezes_encoder(tmp_path, multi_label)
         assert out["final_step"] == 2 and np.isfinite(out["history"][-1]["loss"])
         changed = any(not np.array_equal(a, b.numpy()) for a, b in zip(before, clf.encoder.weights))
         assert changed == (mode == "finetune")
+
+
+@pytest.mark.parametrize("where", ["local", "ram"])
+def test_a_second_writer_stops_the_run_before_its_next_save(tmp_path, where):
+    """On a URL no lock keeps a second process out: the checkpoint state shows it, at this run's next save."""
+    model_dir = str(tmp_path) if where == "local" else f"ram://test_loop/{tmp_path.name}"
+    cfg = tiny_config(model_dir=model_dir)
+    model = factory.contrastive_model(cfg, num_train_examples=64)
+
+    def other_process_saves(trained, step):  # another run on this folder saves, after this one's first
+        other = factory.contrastive_model(cfg, num_train_examples=64)
+        other.optimizer.iterations.assign(7)
+        checkpoints.make_manager(other, model_dir, 5).save(checkpoint_number=7)
+
+    with pytest.raises(RunDirInUseError, match="another process writes this run folder .*ckpt-7, not ckpt-3"):
+        loop.train(model, views_dataset(), model_dir=model_dir, total_steps=6, checkpoint_steps=3, verbose=0,
+                   on_checkpoint=other_process_saves)
+    state = tf.train.get_checkpoint_state(model_dir)
+    assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == ["ckpt-3", "ckpt-7"]
+    assert not tf.io.gfile.glob(model_dir + "/ckpt-6*")
+    if where == "ram":
+        tf.io.gfile.rmtree(model_dir)
+
+
+def test_a_refused_resume_leaves_no_tensorflow_warnings(tmp_path):
+    """TensorFlow logs each checkpoint value a failed restore left unused when it collects the restore;
+    the refusal is one line, so nothing may follow it."""
+    import gc
+    import logging
+
+    cfg = tiny_config(model_dir=str(tmp_path))
+    loop.train(factory.contrastive_model(cfg, num_train_examples=64), views_dataset(),
+               model_dir=str(tmp_path), total_steps=1, checkpoint_steps=1, verbose=0)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    tf_logger = logging.getLogger("tensorflow")
+    tf_logger.addHandler(handler)
+    try:
+        for other in ({"resnet_depth": 34}, {"num_proj_layers": 3}):  # tensors of other shapes; other objects
+            model = factory.contrastive_model(tiny_config(**other), num_train_examples=64)
+            with pytest.raises(CheckpointError, match="different model") as refused:
+                loop.train(model, views_dataset(), model_dir=str(tmp_path), total_steps=2, checkpoint_steps=1,
+                           verbose=0)
+            del model, refused
+            gc.collect()
+    finally:
+        tf_logger.removeHandler(handler)
+    assert not [r.getMessage() for r in records], [r.getMessage()[:200] for r in records][:3]
