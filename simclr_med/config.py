@@ -58,10 +58,15 @@ class Config:
     # augment.PRESETS' names, in augment.get_preset's wording (a test keeps them equal: importing augment
     # here would load TensorFlow before the flags are checked).
     augmentation: str = _field(
-        "simclr", "augmentation preset",
-        choices=("simclr", "chexpert_pretrain", "chexpert_finetune", "crop_only", "none"),
+        "simclr", "augmentation preset (simclr: SimCLR's, for Derm pretraining; chexpert_pretrain, "
+                  "chexpert_finetune, derm_finetune: the paper's for CheXpert pretraining and for CheXpert "
+                  "and Derm with --train_mode=finetune; crop_only: MICLe's partial augmentation; none: the "
+                  "evaluation crop)",
+        choices=("simclr", "chexpert_pretrain", "chexpert_finetune", "derm_finetune", "crop_only", "none"),
         error="--{flag}: unknown augmentation {value!r}; expected one of {choices}")
-    color_jitter_strength: float = _field(1.0, "colour jitter strength s (SimCLR: 1.0; CheXpert: 0.5)")
+    color_jitter_strength: float = _field(
+        1.0, "colour jitter strength s as applied by the simclr, chexpert_pretrain and derm_finetune presets "
+             "(SimCLR: 1.0; the CheXpert pretraining recipe: 0.5)")
     label_fraction: float = _field(
         1.0, "fraction of labelled cases used for fine-tuning, chosen by case/patient")
     uncertainty_policy: str = _field("mixed", "CheXpert uncertain labels",
@@ -74,7 +79,9 @@ class Config:
     # Model.
     resnet_depth: int = _field(50, "ResNet depth", choices=(18, 34, 50, 101, 152, 200))
     width_multiplier: int = _field(1, "ResNet width multiplier 1..4")
-    num_proj_layers: int = _field(3, "layers in the projection head")
+    num_proj_layers: int = _field(
+        3, "fully connected layers in the projection head, counted as SimCLR's flag (the paper's recipes: 2, "
+           "as SimCLR v1; SimCLR v2: 3)")
     proj_out_dim: int = _field(128, "output size of the projection head")
     checkpoint: str = _field(
         "", "initialise the encoder from a run dir, checkpoint prefix, Keras weights file or a released "
@@ -96,6 +103,10 @@ class Config:
     warmup_epochs: float = _field(10.0, "linear warmup length in epochs")
     weight_decay: float = _field(1e-6, "L2 weight decay (biases and BatchNorm excluded)")
     momentum: float = _field(0.9, "optimizer momentum")
+    nesterov: bool = _field(
+        False, "SGD with Nesterov momentum (--optimizer=sgd only), as SimCLR's momentum optimizer; the "
+               "paper's recipes for --train_mode=finetune set it, and it is off by default so that runs "
+               "recorded without it resume unchanged")
     train_batch_size: int = _field(256, "global batch size (cases for MICLe, images otherwise)")
     train_steps: int = _field(0, "training steps (overrides --train_epochs when > 0)")
     train_epochs: int = _field(100, "training epochs")

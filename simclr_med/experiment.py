@@ -186,7 +186,8 @@ def _finetune(cfg: Config, strategy, on_checkpoint=None):
     classes = _classes(cfg, meta)
     dataset = lambda start_step: _distribute(strategy, lambda ctx: pipelines.supervised_dataset(  # noqa: E731
         ds, meta, batch_size=cfg.train_batch_size, image_size=cfg.image_size, augmentation=cfg.augmentation,
-        training=True, seed=cfg.seed, start_step=start_step, input_context=ctx))
+        training=True, color_jitter_strength=cfg.color_jitter_strength, seed=cfg.seed, start_step=start_step,
+        input_context=ctx))
     # The pipeline yields a case's images as separate examples: an epoch is a pass over the images.
     model = _classifier(cfg, strategy, classes, meta.num_images)
     _init_if_fresh(cfg, model.encoder)

@@ -281,8 +281,9 @@ def run_lock(folder):
                                                 "at its next checkpoint", folder, LOCK_FILE, e.strerror)
         record = {"pid": os.getpid(), "host": socket.gethostname(),
                   "since": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": shlex.join(sys.argv)}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)
+        data = json.dumps(record).encode("utf-8")
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
         _held.add(key)
         try:
             yield
@@ -292,12 +293,30 @@ def run_lock(folder):
         os.close(fd)  # releases the lock
 
 
-def _holder(fd: int) -> str:
-    """Who holds a lock, as its holder recorded it in the lock file; one line."""
+def _holder(fd: int, wait_s: float = 3.0) -> str:
+    """Who holds a lock, as its holder recorded it in the lock file; one line. The holder writes its
+    record just after taking the lock, so a record that is unreadable, or names a process of this host
+    that has ended (the previous holder), is read again for a moment before giving up."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            record = json.loads(os.pread(fd, 65536, 0).decode("utf-8"))
+            if record["host"] != socket.gethostname() or _alive(int(record["pid"])):
+                command = " ".join(str(record["command"]).split())
+                command = command if len(command) <= 200 else command[:197] + "..."
+                return f"pid {record['pid']} on {record['host']} since {record['since']}: {command}"
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        if time.monotonic() > deadline:
+            return "a process that has not recorded itself yet"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
     try:
-        record = json.loads(os.pread(fd, 65536, 0).decode("utf-8"))
-        command = " ".join(str(record["command"]).split())
-        command = command if len(command) <= 200 else command[:197] + "..."
-        return f"pid {record['pid']} on {record['host']} since {record['since']}: {command}"
-    except (OSError, ValueError, KeyError, TypeError):  # it has not written its record yet
-        return "a process that has not recorded itself yet"
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True

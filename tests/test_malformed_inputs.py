@@ -112,6 +112,13 @@ The bad inputs covered, where, and what each must say (``*``: tested in another 
                                                      "Permission denied", exit 2, no traceback
 77  compare / plots / linear_protocol / embeddings   "<cli> error: <path>: <reason>", exit 2 (each
     / transfer / segmentation output unwritable      command line's own prefix), no traceback
+78* relative --model_dir, killed between a save      test_io.test_a_checkpoint_state_written_in_a_...,
+    and its listing                                  train/test_preemption.test_a_run_in_a_relative_...
+79* second run on a folder in use (local; gs://)     test_experiment.test_two_runs_on_one_folder_...,
+                                                     test_io.test_a_run_folder_lock_..., train/test_loop
+80* resume with another batch size / LR / steps;     test_experiment.test_a_resumed_run_keeps_its_...,
+    with other logging flags (allowed);              ...test_a_resume_with_another_depth_says_so_...
+    another depth (one line, no TF warnings)
 ==  ===============================================  ================================================
 """
 import csv

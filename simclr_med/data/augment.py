@@ -1,4 +1,4 @@
-"""Image decoding and the augmentation presets of SimCLR, MICLe and the CheXpert experiments.
+"""Image decoding and the augmentation presets of SimCLR, MICLe, the CheXpert and Derm experiments.
 
 Every random choice is a stateless draw from an explicit seed, so a view is a pure function of
 (image, seed): reproducible, and independent of the order in which tf.data's parallel map
@@ -272,8 +272,12 @@ def _simclr(x, u, strength):
 
 
 def _chexpert_pretrain(x, u, strength):
-    """CheXpert pretraining: jitter with s = 0.5·strength (p=0.8), rotation U(−45°, 45°), flip; no blur."""
-    x = random_apply(lambda v: color_jitter(v, 0.5 * strength, u[3:]), 0.8, u[0], x)
+    """CheXpert pretraining: jitter (p=0.8), rotation U(−45°, 45°), flip; no blur.
+
+    The jitter strength is `strength` as given (the paper's recipe: 0.5), so that
+    --color_jitter_strength is the strength applied.
+    """
+    x = random_apply(lambda v: color_jitter(v, strength, u[3:]), 0.8, u[0], x)
     return _flip(rotate(x, math.radians(45.0) * (2.0 * u[1] - 1.0)), u[2])
 
 
@@ -288,6 +292,19 @@ def _chexpert_finetune(x, u, strength):
     x = _flip(rotate(x, math.radians(20.0) * (2.0 * u[0] - 1.0)), u[1])
     x = tf.image.adjust_contrast(x + _lerp(-0.2, 0.2, u[2]), _lerp(0.8, 1.2, u[3]))
     return tf.clip_by_value(x, 0.0, 1.0)
+
+
+def _derm_finetune(x, u, strength):
+    """Derm fine-tuning: flip, rotation U(−20°, 20°), jitter p=0.8, Gaussian blur p=0.5 with σ ~ U(0.1, 2).
+
+    The paper names the operations (colour, crop with resize, blur, rotation, flips) but not their
+    ranges: the rotation is its CheXpert fine-tuning range, jitter and blur are SimCLR's, at the
+    strength the recipe sets. No grayscale: colour carries diagnostic signal in dermatology.
+    """
+    x = _flip(rotate(x, math.radians(20.0) * (2.0 * u[1] - 1.0)), u[0])
+    x = random_apply(lambda v: color_jitter(v, strength, u[5:]), 0.8, u[2], x)
+    sigma = _lerp(0.1, 2.0, u[4])
+    return random_apply(lambda v: gaussian_blur(v, sigma, x.shape[0] // 10), 0.5, u[3], x)
 
 
 def _crop_only(x, u, strength):
@@ -312,6 +329,8 @@ PRESETS = {
     "chexpert_pretrain": Preset("resized", 3 + COLOR_JITTER_DRAWS, _chexpert_pretrain),
     # Crop: 87.5% of the shorter side at a random place.
     "chexpert_finetune": Preset("random", 4, _chexpert_finetune),
+    # Crop: SimCLR's random resized crop.
+    "derm_finetune": Preset("resized", 5 + COLOR_JITTER_DRAWS, _derm_finetune),
     # MICLe's "partial augmentation": random resized crop (and flip) only.
     "crop_only": Preset("resized", 1, _crop_only),
     # Evaluation: central 87.5% crop, resized; deterministic.
@@ -344,8 +363,9 @@ def augment_images(images, preset: str, image_size: int, seed, views_per_image: 
     `images` is a list of images (encoded bytes or decoded [H, W, C] tensors) or a 1-D string
     tensor of static length; rows [i·V, (i+1)·V) are the views of image i. The views of one image
     share its decode; an image with a single view decodes only its crop window (JPEG). All
-    photometric work runs in one XLA call. `seed` is a stateless seed (shape [2]). For
-    chexpert_pretrain, `color_jitter_strength` scales the preset's own strength of 0.5.
+    photometric work runs in one XLA call. `seed` is a stateless seed (shape [2]).
+    `color_jitter_strength` is the jitter strength the simclr, chexpert_pretrain and derm_finetune
+    presets apply; the others ignore it.
     """
     if isinstance(images, tf.Tensor) and images.dtype == tf.string and images.shape.rank == 1:
         images = tf.unstack(images)

@@ -78,7 +78,7 @@ def pretrain_dataset(ds: tf.data.Dataset, *, method: str, batch_size: int, image
 
 
 def supervised_dataset(ds: tf.data.Dataset, meta, *, batch_size: int, image_size: int, augmentation: str,
-                       training: bool, seed: int = 0, start_step: int = 0,
+                       training: bool, color_jitter_strength: float = 1.0, seed: int = 0, start_step: int = 0,
                        input_context: tf.distribute.InputContext | None = None,
                        with_ids: bool = False) -> tf.data.Dataset:
     """Batches {"image": float32 [B, S, S, 3], "label": int64 [B]} or {"image", "labels", "label_mask"}.
@@ -114,7 +114,8 @@ def supervised_dataset(ds: tf.data.Dataset, meta, *, batch_size: int, image_size
 
     def augmented(index, group):
         key = _group_seed(seed, pipeline_id, index)
-        images = augment.augment_images(group["image"], augmentation, image_size, key)
+        images = augment.augment_images(group["image"], augmentation, image_size, key,
+                                        color_jitter_strength=color_jitter_strength)
         return {**group, "image": images}
 
     ds = ds.map(augmented, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)

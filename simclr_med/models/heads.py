@@ -3,6 +3,9 @@
 Hidden layers are Dense (no bias) → BN → ReLU at the encoder's width; the last layer is
 Dense → BN without centring (as in SimCLR v2), giving the `proj_out_dim`-d vector the
 contrastive loss sees. Downstream tasks use the encoder output, not this head.
+
+`num_layers` counts the Dense layers, as SimCLR's --num_proj_layers does: 2 is the paper's "two
+fully connected layers" (SimCLR v1's head), 3 SimCLR v2's default.
 """
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ def make_optimizer(cfg: Config, num_train_examples: int, unadapted=()) -> keras.
     warmup = min(cfg.warmup_steps(num_train_examples), total)
     schedule = WarmupCosine(cfg.scaled_learning_rate(), warmup, total)
     opt = build_optimizer(cfg.optimizer, schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                          unadapted=unadapted)
+                          nesterov=cfg.nesterov, unadapted=unadapted)
     if cfg.precision == "mixed_float16":
         return keras.optimizers.LossScaleOptimizer(opt)
     if cfg.skip_nonfinite_steps > 0:

@@ -62,10 +62,11 @@ class AdamWithL2(_L2InGradient, keras.optimizers.Adam):
 
 
 def build_optimizer(name: str, learning_rate, *, momentum: float = 0.9, weight_decay: float = 0.0,
-                    unadapted: Sequence[str] = ()) -> keras.optimizers.Optimizer:
+                    nesterov: bool = False, unadapted: Sequence[str] = ()) -> keras.optimizers.Optimizer:
     """Return the optimizer `name` (lars | sgd | adam). `learning_rate`: float or LearningRateSchedule.
 
-    `momentum` is ignored by adam (its beta_1 stays at 0.9, as in SimCLR). `unadapted`: path
+    `momentum` is ignored by adam (its beta_1 stays at 0.9, as in SimCLR). `nesterov` applies to sgd
+    only: SimCLR's momentum optimizer (its fine-tuning) is Nesterov's; its LARS is not. `unadapted`: path
     substrings of variables that LARS updates with its plain learning rate, still decayed: SimCLR's
     supervised head, which a trust ratio of ~1e-3·‖w‖/‖g‖ would barely move from its initialisation.
     """
@@ -75,7 +76,8 @@ def build_optimizer(name: str, learning_rate, *, momentum: float = 0.9, weight_d
         return LARS(learning_rate, momentum=momentum, weight_decay_rate=weight_decay,
                     exclude_from_layer_adaptation=list(unadapted))
     if name == "sgd":
-        return SGDWithL2(learning_rate, momentum=float(momentum), weight_decay_rate=weight_decay)
+        return SGDWithL2(learning_rate, momentum=float(momentum), nesterov=bool(nesterov),
+                         weight_decay_rate=weight_decay)
     if name == "adam":
         return AdamWithL2(learning_rate, weight_decay_rate=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}: expected one of {', '.join(OPTIMIZERS)}")

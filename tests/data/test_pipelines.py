@@ -191,6 +191,23 @@ def test_training_batches_carry_each_images_case_label():
     assert len({c for b in batches for c in ids(b, "case_id")}) == 4
 
 
+def test_fine_tuning_augments_at_the_colour_jitter_strength_it_is_given(monkeypatch):
+    """derm_finetune jitters colour: --color_jitter_strength reaches it as it reaches pretraining."""
+    from simclr_med.data import augment
+
+    strengths, augment_images = [], augment.augment_images
+
+    def spy(*args, **kwargs):
+        strengths.append(kwargs.get("color_jitter_strength"))
+        return augment_images(*args, **kwargs)
+
+    monkeypatch.setattr(augment, "augment_images", spy)
+    [b] = take(pipelines.supervised_dataset(cases([2, 3]), meta(), batch_size=4, image_size=SIZE,
+                                            augmentation="derm_finetune", training=True,
+                                            color_jitter_strength=0.5), 1)
+    assert b["image"].shape == (4, SIZE, SIZE, 3) and set(strengths) == {0.5}
+
+
 def test_multi_label_training_batches():
     [b] = take(pipelines.supervised_dataset(cases([2, 3], multi_label=True), meta(True), batch_size=4,
                                             image_size=SIZE, augmentation="simclr", training=True), 1)

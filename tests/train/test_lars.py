@@ -294,6 +294,28 @@ def test_build_optimizer():
         build_optimizer("rmsprop", 0.1)
 
 
+def test_nesterov_sgd_is_simclrs_momentum_optimizer():
+    """SimCLR's `--optimizer=momentum` (tf.train.MomentumOptimizer, use_nesterov=True) written out in NumPy,
+    L2 in the gradient as for SGD here; plain momentum stays the default."""
+    wd, lr = 0.1, 0.05
+    layer = dense()
+    opt = build_optimizer("sgd", lr, momentum=0.9, weight_decay=wd, nesterov=True)
+    [kernel] = run(opt, [layer.kernel], [[g] for g in G_KERNEL])
+    expected = reference(KERNEL, G_KERNEL, [lr] * len(G_KERNEL), wd=wd, adapt=False, nesterov=True)
+    np.testing.assert_allclose(kernel, expected, rtol=1e-5, atol=1e-6)
+    assert not build_optimizer("sgd", lr).nesterov and not Config().nesterov
+    assert keras.optimizers.deserialize(keras.optimizers.serialize(opt)).nesterov
+
+
+@pytest.mark.parametrize("recipe", ["derm_finetune.cfg", "chexpert_finetune.cfg", "chexpert_continual.cfg"])
+def test_fine_tuning_recipes_use_nesterov_momentum(recipe, monkeypatch):
+    monkeypatch.chdir(REPO)  # nested --flagfile paths are relative to the working directory
+    cfg = Config.from_flagfile(os.path.join("flags", recipe), model_dir="unused").validate()
+    assert cfg.train_mode == "finetune"
+    opt = factory.make_optimizer(cfg, num_train_examples=1024)
+    assert isinstance(opt, SGDWithL2) and opt.nesterov and opt.momentum == 0.9
+
+
 def test_classifier_head_is_decayed_but_not_adapted():
     """As SimCLR's LARS: its supervised head, which a trust ratio would barely move, gets the plain
     learning rate (still decayed); the encoder's kernels keep the trust ratio."""
