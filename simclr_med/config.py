@@ -182,9 +182,9 @@ class Config:
             need(getattr(self, name) >= 0, f"--{name}={getattr(self, name)} must be >= 0")
         need(self.train_steps > 0 or self.train_epochs > 0, "set --train_steps or --train_epochs")
         need(bool(self.model_dir), "--model_dir is required (every mode reads or writes the run there)")
-        # Local only: this runs before TensorFlow (and so simclr_med.io) may load, which run.py needs to
-        # cap TensorFlow's allocator; a bucket path is checked when the run first writes there.
-        need(io.is_url(self.model_dir) or not os.path.exists(self.model_dir) or os.path.isdir(self.model_dir),
+        # Local only: this runs before TensorFlow may load (run.py caps its allocator first), and io
+        # queries a bucket through TensorFlow; a bucket path is checked when the run first writes there.
+        need(io.is_url(self.model_dir) or not io.exists(self.model_dir) or io.isdir(self.model_dir),
              f"--model_dir={self.model_dir} exists and is not a directory")
         return self
 
@@ -325,9 +325,7 @@ def _read_flagfile(path: str, open_files: tuple) -> dict:
     if path in open_files:
         raise ConfigError(f"flagfile {path}: includes itself (via {' → '.join(open_files)})")
     try:
-        # Python's own open, not simclr_med.io: flags are read before TensorFlow may load (run.py).
-        with open(path) as f:
-            lines = f.read().splitlines()
+        lines = io.read_text(path).splitlines()  # a local file is read without loading TensorFlow
     except OSError as e:
         raise ConfigError(f"flagfile {path}: cannot read it ({e.strerror})") from None
     return _parse(lines, path, (*open_files, path))

@@ -48,6 +48,19 @@ def errno_of(text: str) -> int | None:
     return _ERRNO_OF.get(text.strip())
 
 
+def parse_tf_file_error(message: str) -> tuple[str, str, int | None]:
+    """TensorFlow's message of a failed file call as (path, reason, errno): it ends in the system's
+    reason (`<path>; Read-only file system`) or says `<path> is not a directory`; errno None otherwise."""
+    message = (message or "").strip()
+    line = _TF_WRAPPING.sub("", message.splitlines()[0]) if message else ""
+    where, _, reason = line.rpartition("; ")
+    if (code := errno_of(reason)) is not None:
+        return where, reason, code
+    if line.endswith(" is not a directory"):
+        return line[:-len(" is not a directory")], os.strerror(errno.ENOTDIR), errno.ENOTDIR
+    return where, reason, None
+
+
 def storage_error(error: BaseException, within=None) -> StorageError | None:
     """`error` as a StorageError when it is a failed read or write of a file or folder: an OSError, or
     TensorFlow's error from a file it writes itself (checkpoint, event file, SavedModel), whose message
@@ -65,13 +78,9 @@ def storage_error(error: BaseException, within=None) -> StorageError | None:
     tf = sys.modules.get("tensorflow")
     if tf is None or not isinstance(error, tf.errors.OpError):
         return None
-    message = (error.message or "").strip()
-    line = _TF_WRAPPING.sub("", message.splitlines()[0]) if message else ""
-    where, _, reason = line.rpartition("; ")
-    if (code := errno_of(reason)) is not None and (where := where or within):
+    where, _, code = parse_tf_file_error(error.message)
+    if code is not None and (where := where or within):
         return StorageError(code, os.strerror(code), os.fspath(where))
-    if isinstance(error, tf.errors.FailedPreconditionError) and line.endswith(" is not a directory"):
-        return StorageError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), line[:-len(" is not a directory")])
     return None
 
 

@@ -5,7 +5,9 @@ tests). Writes never show a reader part of a file: on a local disk the file is w
 temporary name of its own and renamed into place; on an object store (a path with a scheme) the
 object is written once, directly, since an object appears only when its upload completes and a
 rename there is a copy. TensorFlow's file errors surface as the OSErrors callers catch.
-TensorFlow is imported on first use: `Config.validate` imports this module before it may load.
+Local paths are queried and read with Python's own calls, which need no TensorFlow: flagfiles and
+`--model_dir` are checked before TensorFlow may load (run.py caps its memory first), and the
+compare and plot tools start without it; TensorFlow is imported on first use of a bucket or a write.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from simclr_med.errors import errno_of
+from simclr_med.errors import parse_tf_file_error
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -63,26 +65,24 @@ def _os_errors(path):
     except tf.errors.NotFoundError:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), os.fspath(path)) from None
     except tf.errors.OpError as e:
-        # TensorFlow's message ends in the system's reason ("<path>; Read-only file system"): its errno.
-        reason = (e.message or type(e).__name__).split("; ")[-1]
-        code = errno_of(reason)
+        _, reason, code = parse_tf_file_error(e.message)
         if code is None and isinstance(e, tf.errors.PermissionDeniedError):
             code = errno.EACCES
-        elif code is None and reason.endswith(" is not a directory"):
-            code = errno.ENOTDIR
         if code is None:
-            raise OSError(errno.EIO, reason, os.fspath(path)) from None
+            raise OSError(errno.EIO, reason or type(e).__name__, os.fspath(path)) from None
         raise OSError(code, os.strerror(code), os.fspath(path)) from None  # PermissionError, ...
 
 
 # ------------------------------------------------------------------------------------ queries
 
 def exists(path) -> bool:
-    return _tf().io.gfile.exists(os.fspath(path))
+    path = os.fspath(path)
+    return _tf().io.gfile.exists(path) if is_url(path) else os.path.exists(path)
 
 
 def isdir(path) -> bool:
-    return _tf().io.gfile.isdir(os.fspath(path))
+    path = os.fspath(path)
+    return _tf().io.gfile.isdir(path) if is_url(path) else os.path.isdir(path)
 
 
 def isfile(path) -> bool:
@@ -160,7 +160,11 @@ def publish_dir(final, write: Callable[[str], object], *, replace: bool = True) 
 # ------------------------------------------------------------------------------------ files
 
 def read_bytes(path) -> bytes:
-    with _os_errors(path), _tf().io.gfile.GFile(os.fspath(path), "rb") as f:
+    path = os.fspath(path)
+    if not is_url(path):
+        with open(path, "rb") as f:
+            return f.read()
+    with _os_errors(path), _tf().io.gfile.GFile(path, "rb") as f:
         return f.read()
 
 
